@@ -1,0 +1,1 @@
+"""CUDA sources, their loaders and their CPU references (no torch)."""

@@ -1,0 +1,139 @@
+"""File I/O shared by every stage: atomic writes, palette PNG masks, JSON and image reading."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+
+VOID = 255
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map (bit-interleaved), shape (n, 3) uint8; index 255 is the void colour."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A kill mid-write leaves the old file (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically, pretty-printed."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a missing or malformed file is an InputError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON ({exc})") from None
+
+
+def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
+    """Save a label map (H, W) of class indices as a VOC-palette PNG, so it is viewable, atomically."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError(f"label map must be 2-D with values in 0..255, got shape {labels.shape}")
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(voc_palette().reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Read a palette (or grayscale) PNG label map as its raw indices, (H, W) uint8."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise InputError(path, f"label PNG must be palette or grayscale, got mode {image.mode}")
+            return np.array(image)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (OSError, SyntaxError) as exc:
+        raise InputError(path, f"not a readable PNG ({exc})") from None
+
+
+def write_binary_png(path: str | Path, mask: np.ndarray) -> None:
+    """Save a binary mask as a 0/255 grayscale PNG (the DAVIS convention), atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), mode="L").save(tmp, "PNG")
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB; gray, RGBA and 16-bit inputs are converted.
+
+    An unreadable file is an InputError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(path, "not a readable image")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise InputError(path, f"unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def write_image_rgb(path: str | Path, image: np.ndarray) -> None:
+    """Save an (H, W, 3) uint8 RGB image (format from the suffix), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)):
+            raise InputError(path, "could not write image")
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the palette colours of a label map over an RGB image; background (0) and void stay as is."""
+    colours = voc_palette()[labels]
+    keep = (labels == 0) | (labels == VOID)
+    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+    return np.where(keep[..., None], image, blended)
