@@ -53,7 +53,7 @@ def _build(cls: type[T], mapping: dict[str, Any], where: str) -> T:
     return cls(**values)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, /, **overrides: Any) -> T:
     """Build ``cls`` from its defaults, then the YAML file at ``path``, then non-None ``overrides``.
 
     Unknown keys and values of the wrong type are an InputError naming the file and the key.

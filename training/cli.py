@@ -19,6 +19,9 @@ STAGES = [
     "world",
     "train_encoder",
     "cam",
+    "crawl",
+    "segment_videos",
+    "eval_video",
 ]
 
 

@@ -1,0 +1,50 @@
+"""Superpixel pooling: per-superpixel sums, pixel counts and means of per-pixel maps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def superpixel_pool(
+    labels: np.ndarray, values: np.ndarray, num_superpixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum, count and average per-pixel values over the superpixels of each image of a batch.
+
+    Contract (a CUDA kernel reproduces it exactly):
+
+    - ``labels``: (B, H, W) integer (int32) superpixel ids, each in ``[0, num_superpixels)``; ids are
+      per image, so superpixel ``s`` of image ``b`` is unrelated to superpixel ``s`` of image ``b + 1``.
+    - ``values``: (B, C, H, W) float32, C maps per image (e.g. attention maps or colour channels).
+    - returns ``sums`` (B, S, C) float64 with ``sums[b, s, c] = sum of values[b, c, y, x] over the pixels
+      with labels[b, y, x] == s`` (accumulated in float64), ``counts`` (B, S) int64 with the number of such
+      pixels, and ``means`` (B, S, C) float32 = ``float32(sums / counts)``, 0 where ``counts == 0``;
+      S = ``num_superpixels``.
+
+    Ids out of range raise ValueError. The work is one ``np.bincount`` per channel over the flattened
+    batch, with image ``b``'s ids offset by ``b * S``, so it is memory-bound.
+    """
+    labels = np.asarray(labels)
+    values = np.asarray(values)
+    if labels.ndim != 3 or values.ndim != 4 or values.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected labels (B,H,W) and values (B,C,H,W), got {labels.shape}, {values.shape}")
+    if values.shape[2:] != labels.shape[1:]:
+        raise ValueError(f"labels {labels.shape} and values {values.shape} differ in size")
+    batch, channels = values.shape[:2]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_superpixels):
+        raise ValueError(f"superpixel ids must lie in [0, {num_superpixels})")
+    offsets = (np.arange(batch, dtype=np.int64) * num_superpixels)[:, None, None]
+    flat = (labels.astype(np.int64) + offsets).reshape(-1)
+    bins = batch * num_superpixels
+    counts = np.bincount(flat, minlength=bins)
+    sums = np.empty((bins, channels), dtype=np.float64)
+    per_channel = values.transpose(1, 0, 2, 3).reshape(channels, -1)  # channel-major: one pass per map
+    for c in range(channels):
+        sums[:, c] = np.bincount(flat, weights=per_channel[c], minlength=bins)
+    means = np.zeros((bins, channels), dtype=np.float32)
+    nonempty = counts > 0
+    means[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
+    return (
+        sums.reshape(batch, num_superpixels, channels),
+        counts.reshape(batch, num_superpixels),
+        means.reshape(batch, num_superpixels, channels),
+    )

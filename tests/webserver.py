@@ -1,0 +1,97 @@
+"""A tiny HTTP server on 127.0.0.1 for tests: in-memory routes, a request log and stalling routes."""
+
+from __future__ import annotations
+
+import html
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+# How long a stalled route holds its connection at most (the server's close releases it sooner).
+STALL_S = 30.0
+
+
+class LoopbackServer:
+    """Serve ``routes`` (path -> (body, content type)) on an ephemeral port of 127.0.0.1 in a thread.
+
+    ``requests`` logs the path of every request in arrival order. A path in ``stalled`` gets its
+    status line and headers, then nothing until the server closes, as a server that hangs mid-transfer.
+    Use as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[bytes, str]] = {}
+        self.stalled: set[str] = set()
+        self.requests: list[str] = []
+        self._closing = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # the http.server naming
+                self._respond(with_body=True)
+
+            def do_HEAD(self) -> None:
+                self._respond(with_body=False)
+
+            def _respond(self, with_body: bool) -> None:
+                path = self.path.split("?")[0]
+                server.requests.append(path)
+                if path not in server.routes:
+                    self.send_error(404)
+                    return
+                body, content_type = server.routes[path]
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if path in server.stalled:
+                    self.wfile.flush()
+                    server._closing.wait(STALL_S)
+                    return
+                if with_body:
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # quiet: the log is `requests`
+                pass
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except ConnectionError:  # a client that gives up (size limit, timeout) is expected here
+                    pass
+
+        return Handler
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}{path}"
+
+    def add(self, path: str, body: bytes | Path, content_type: str) -> str:
+        """Serve ``body`` (bytes or a file's contents) at ``path``; return its URL."""
+        self.routes[path] = (Path(body).read_bytes() if isinstance(body, Path) else body, content_type)
+        return self.url(path)
+
+    def add_video_page(self, path: str, title: str, video: str, image: str) -> str:
+        """Serve a page whose Open Graph tags point at ``video`` and ``image`` (paths on this server)."""
+        page = (
+            f"<!DOCTYPE html><html><head><title>{html.escape(title)}</title>\n"
+            f'<meta property="og:title" content="{html.escape(title)}">\n'
+            f'<meta property="og:video" content="{html.escape(video)}">\n'
+            f'<meta property="og:image" content="{html.escape(image)}">\n'
+            "</head><body></body></html>\n"
+        )
+        return self.add(path, page.encode(), "text/html; charset=utf-8")
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

@@ -1,0 +1,189 @@
+"""The network of §3: encoder f_enc (VGG-16 + new conv + GAP + FC, CAM attention, Eq. 2) and decoder f_dec.
+
+Architectures are built from a name in ``ARCHITECTURES`` and an ``ArchConfig``, which is what a checkpoint's
+metadata records, so a checkpoint can be rebuilt without pickled code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# VGG-16 conv1_1..conv5_3 ("M" = 2x2 max-pool); pool5 is dropped as in CAM.
+VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                       512, 512, 512, "M", 512, 512, 512)
+
+
+@dataclass
+class ArchConfig:
+    """What a checkpoint needs to rebuild the network (stored in its JSON metadata)."""
+
+    num_classes: int
+    width: float = 1.0  # channel multiplier: 1 is the paper's VGG-16, 1/8 is for tests and the demo
+    batch_norm: bool = False  # VGG-16-BN layout; plain VGG-16 does not train from scratch (the demo does)
+    extra_channels: int = 1024  # the new conv layer after conv5_3, before width scaling
+    decoder_channels: int = 64  # before width scaling
+    decoder_depth: int = 3  # pool/unpool stages of the deconvolution network
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(4, round(channels * width))
+
+
+def vgg16_features(width: float, batch_norm: bool) -> nn.Sequential:
+    """VGG-16 ``features`` with torchvision's module indices, so ``features.N.*`` weights of torchvision's
+    ``vgg16`` (or ``vgg16_bn`` with ``batch_norm``) load as they are.
+
+    pool4 keeps its index but becomes a stride-1 pool and conv5 is dilated by 2, so CAMs have stride 8
+    rather than 16 (as DeepLab does with the same weights): finer attention maps at the same cost in weights.
+    """
+    layers: list[nn.Module] = []
+    in_channels, pools = 3, 0
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            pools += 1
+            layers.append(nn.MaxPool2d(3, stride=1, padding=1) if pools == 4 else nn.MaxPool2d(2, 2))
+            continue
+        out_channels = _scaled(int(item), width)
+        dilation = 2 if pools == 4 else 1
+        layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+def init_weights(module: nn.Module) -> None:
+    """He initialisation (as torchvision's VGG): PyTorch's default is too small for 14 plain conv layers
+    to train from scratch, which the demo and tests do."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+class Encoder(nn.Module):
+    """f_enc: VGG-16 features, a new 3x3 conv, global average pooling and a fully connected classifier."""
+
+    stride = 8
+
+    def __init__(self, arch: ArchConfig) -> None:
+        super().__init__()
+        self.features = vgg16_features(arch.width, arch.batch_norm)
+        feat = _scaled(512, arch.width)
+        self.extra = nn.Sequential(nn.Conv2d(feat, _scaled(arch.extra_channels, arch.width), 3, padding=1),
+                                   nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(_scaled(arch.extra_channels, arch.width), arch.num_classes)
+        init_weights(self)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """F(x): the last convolutional layer's output, (N, d, h, w)."""
+        return self.extra(self.features(images))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (N, C) and CAMs alpha^c = F(x) W y^c for every class (N, C, h, w), Eq. 2."""
+        features = self.feature_map(images)
+        logits = self.classifier(features.mean(dim=(2, 3)))
+        cams = torch.einsum("ndhw,cd->nchw", features, self.classifier.weight)
+        return logits, cams
+
+
+def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
+    """ReLU, then divide each map by its maximum so attention lies in [0, 1]."""
+    cams = F.relu(cams)
+    peak = cams.flatten(2).amax(dim=2).clamp_min(1e-5)
+    return cams / peak[..., None, None]
+
+
+def multiscale_attention(encoder: Encoder, images: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """Normalised CAMs for every class at several input scales, resized to the input and max-pooled (§3.2).
+
+    ``images`` are normalised (N, 3, H, W); the result is (N, C, H, W) in [0, 1].
+    """
+    size = images.shape[-2:]
+    merged = None
+    for scale in scales:
+        scaled = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                         align_corners=False)
+        _, cams = encoder(scaled)
+        cams = F.interpolate(normalise_cams(cams), size=size, mode="bilinear", align_corners=False)
+        merged = cams if merged is None else torch.maximum(merged, cams)
+    assert merged is not None, "scales must not be empty"
+    return merged
+
+
+class SwitchUnpool(nn.Module):
+    """Max-unpooling from pooling "switches" using only standard ops (TensorRT has no MaxUnpool).
+
+    The switch mask marks, in each 2x2 window of the pre-pool input, the positions equal to the window's
+    max; unpooling puts the value there via a nearest upsample times that mask.
+    """
+
+    def forward(self, pooled: torch.Tensor, switches: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(pooled, size=switches.shape[-2:], mode="nearest")
+        return up * switches
+
+
+def max_pool_with_switches(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 max-pool (ceil mode, so odd sizes round-trip) and the mask of positions that were the max."""
+    pooled = F.max_pool2d(x, 2, 2, ceil_mode=True)
+    switches = (x == F.interpolate(pooled, size=x.shape[-2:], mode="nearest")).to(x.dtype)
+    return pooled, switches
+
+
+class Decoder(nn.Module):
+    """f_dec (§3.3): a deconvolution network from a one-channel attention map to foreground logits.
+
+    conv+pool stages record switches; mirrored unpool+deconvolution stages restore the input resolution.
+    Shared by all classes: it sees only the attention map, never the class.
+    """
+
+    def __init__(self, arch: ArchConfig) -> None:
+        super().__init__()
+        # The decoder is cheap next to the encoder, so it keeps at least 16 channels at any width.
+        channels = [max(16, _scaled(arch.decoder_channels * 2**i, arch.width))
+                    for i in range(arch.decoder_depth)]
+        self.down = nn.ModuleList()
+        in_channels = 1
+        for out_channels in channels:
+            self.down.append(nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                                           nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
+            in_channels = out_channels
+        self.unpool = SwitchUnpool()
+        self.up = nn.ModuleList()
+        for out_channels in reversed([channels[0], *channels[:-1]]):
+            self.up.append(nn.Sequential(nn.ConvTranspose2d(in_channels, out_channels, 3, padding=1),
+                                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
+            in_channels = out_channels
+        self.head = nn.Conv2d(in_channels, 1, 1)
+
+    def forward(self, attention: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) attention in [0, 1] -> (N, 1, H, W) foreground logits."""
+        x = attention
+        switches = []
+        for block in self.down:
+            x, switch = max_pool_with_switches(block(x))
+            switches.append(switch)
+        for block, switch in zip(self.up, reversed(switches), strict=True):
+            x = block(self.unpool(x, switch))
+        return self.head(x)
+
+
+class WSVSModel(nn.Module):
+    """Encoder and decoder together: what a checkpoint holds."""
+
+    def __init__(self, arch: ArchConfig) -> None:
+        super().__init__()
+        self.encoder = Encoder(arch)
+        self.decoder = Decoder(arch)
+
+
+ARCHITECTURES: dict[str, Callable[[ArchConfig], WSVSModel]] = {"vgg16-cam-deconv": WSVSModel}

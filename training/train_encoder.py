@@ -1,0 +1,204 @@
+"""`wsvs train-encoder`: learn f_enc from image-level labels (§3.1, Eq. 1), multi-label cross-entropy.
+
+Adam with lr 1e-3 and batches of 14 as in the paper. A checkpoint is written after every epoch (atomically);
+``--resume`` continues from the last finished epoch and gives the same weights as an uninterrupted run,
+because every epoch's shuffling and augmentation are seeded by (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.errors import InputError
+from wsvs.runtime.io import atomic_path
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainEncoderConfig:
+    """Encoder training. Defaults are the paper's preset (VGG-16 width 1, 321x321 crops)."""
+
+    width: float = 1.0
+    batch_norm: bool = False  # VGG-16-BN: needed to train from scratch (no ImageNet weights)
+    input_size: int = 321
+    epochs: int = 10
+    batch_size: int = 14
+    lr: float = 1e-3
+    train_split: str = "train"
+    val_split: str = "val"
+    scale_jitter: tuple[float, ...] = (0.7, 1.3)  # random rescale range before the crop
+    attention_scales: tuple[float, ...] = (0.75, 1.0, 1.5)
+    class_threshold: float = 0.5
+    backbone_weights: Path | None = None  # torchvision-format VGG-16 ImageNet weights (width 1 only)
+    seed: int = 0
+    workers: int = 0  # DataLoader worker processes
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class average precision (area under the precision-recall steps), NaN for classes with no positive."""
+    aps = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        positives = targets[:, c] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = positives[order]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps[c] = precision[hits].mean()
+    return aps
+
+
+def augment(image: np.ndarray, size: int, jitter: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random rescale, flip and a size x size crop (zero padding where the image is smaller)."""
+    from wsvs.runtime.preprocess import resize_rgb
+
+    scale = rng.uniform(jitter[0], jitter[1]) * size / max(image.shape[:2])
+    height, width = (max(1, round(d * scale)) for d in image.shape[:2])
+    image = resize_rgb(image, (height, width))
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    canvas = np.zeros((size, size, 3), np.uint8)
+    top, left = rng.integers(0, max(height - size, 0) + 1), rng.integers(0, max(width - size, 0) + 1)
+    crop = image[top:top + size, left:left + size]
+    oy, ox = rng.integers(0, size - crop.shape[0] + 1), rng.integers(0, size - crop.shape[1] + 1)
+    canvas[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
+    return canvas
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def evaluate_classifier(model, meta, dataset, device: str) -> dict:
+    """Class probabilities on a dataset at each image's own size; mAP over classes with positives."""
+    from .cam import FrameAttention
+
+    scorer = FrameAttention(model, meta, device)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    images = [dataset.image(i) for i in range(len(dataset))]
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    scores = np.zeros((len(dataset), len(dataset.class_names)), np.float32)
+    for indices in by_shape.values():
+        scores[indices] = scorer.scores(np.stack([images[i] for i in indices]))
+    targets = dataset.label_matrix()
+    aps = average_precision(scores, targets)
+    return {"map": float(np.nanmean(aps)), "ap": dict(zip(dataset.class_names, map(float, aps)))}
+
+
+def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: bool = False) -> Path:
+    """Train the encoder on the VOC-layout set at ``data``; returns the checkpoint folder ``out``."""
+    import torch
+    from torch import nn
+    from tqdm import tqdm
+
+    from wsvs.runtime.preprocess import normalise
+
+    from .checkpoint import ModelMetadata, save_checkpoint
+    from .models import ARCHITECTURES, ArchConfig
+    from .voc import VOCDataset
+
+    device = _resolve_device(config.device)
+    train_set = VOCDataset(data, config.train_split)
+    val_set = VOCDataset(data, config.val_split, class_names=train_set.class_names)
+    labels = train_set.label_matrix()
+    torch.manual_seed(config.seed)
+    arch = ArchConfig(num_classes=len(train_set.class_names), width=config.width, batch_norm=config.batch_norm)
+    meta = ModelMetadata(class_names=list(train_set.class_names), arch=arch, input_size=config.input_size,
+                         scales=config.attention_scales, class_threshold=config.class_threshold)
+    model = ARCHITECTURES[meta.architecture](arch)
+    if config.backbone_weights is not None:
+        from .checkpoint import load_backbone_weights
+
+        load_backbone_weights(model, config.backbone_weights)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=config.lr)
+    history: list[dict] = []
+    start_epoch = 0
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except Exception as exc:  # a foreign or damaged state file is the user's input problem
+            raise InputError(state_path, f"cannot resume from this training state ({type(exc).__name__})") from None
+        if state["config"] != dump_config(config):
+            raise InputError(state_path, "was written with a different config; train into a new --out")
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(start_epoch, config.epochs):
+        model.encoder.train()
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(train_set))
+        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
+        for batch in bar:
+            images = np.stack([augment(train_set.image(i), config.input_size, config.scale_jitter, rng)
+                               for i in batch])
+            x = torch.from_numpy(normalise(images, meta.mean, meta.std)).to(device)
+            y = torch.from_numpy(labels[batch]).to(device)
+            logits, _ = model.encoder(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval()
+        record = {"epoch": epoch + 1, "loss": total / len(train_set)}
+        record.update(evaluate_classifier(model, meta, val_set, device))
+        history.append(record)
+        tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mAP {record['map']:.3f}")
+        meta.extra = {"encoder_training": {"config": dump_config(config), "history": history}}
+        save_checkpoint(out, model, meta)
+        with atomic_path(state_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "history": history, "config": dump_config(config)}, tmp)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainEncoderConfig)}
+    config = load_config(TrainEncoderConfig, args.config, **overrides)
+    if not args.data.is_dir():
+        raise InputError(args.data, "data folder not found")
+    out = train_encoder(args.data, args.out, config, resume=args.resume)
+    print(f"encoder checkpoint: {out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-encoder", help="train the encoder (classification + CAM) from image-level labels",
+        description="Train f_enc (VGG-16 + new conv + GAP + FC) with a multi-label cross-entropy loss on a "
+        "VOC-layout image set (paper §3.1, Eq. 1). Writes model.safetensors + model.json after every epoch; "
+        "--resume continues after a kill.")
+    p.add_argument("--data", type=Path, required=True, help="VOC-layout folder (JPEGImages, ImageSets, labels)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--config", type=Path, default=None, help="YAML with TrainEncoderConfig keys")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--width", type=float, default=None, help="channel multiplier (1 = VGG-16, the paper)")
+    p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="VGG-16-BN layout (train from scratch); plain VGG-16 is the paper's")
+    p.add_argument("--input-size", dest="input_size", type=int, default=None, help="training crop side")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--backbone-weights", dest="backbone_weights", type=Path, default=None,
+                   help="torchvision VGG-16 ImageNet weights file (features.N.* keys; --width 1)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue from the last finished epoch in --out")
+    p.set_defaults(func=run)
