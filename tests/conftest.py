@@ -18,3 +18,30 @@ def shared_data() -> Path:
             pytest.fail(f"{SHARED_DATA} is missing in CI")
         pytest.skip(f"real data folder {SHARED_DATA} not present (it sits beside the repo in CI)")
     return SHARED_DATA
+
+
+# A small world and an encoder trained on it, shared by every test that needs real attention.
+TEST_WORLD = {
+    "classes": ("ant", "bee", "cat"),
+    "image_size": 96,
+    "train_images": 240,
+    "val_images": 60,
+    "videos_per_class": 3,
+    "misleading_per_class": 1,
+    "video_frames": (24, 30),
+}
+TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 20}
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from wsvs.training.world import WorldConfig, generate_world
+
+    return generate_world(WorldConfig(**TEST_WORLD), tmp_path_factory.mktemp("world") / "world")
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from wsvs.training.train_encoder import TrainEncoderConfig, train_encoder
+
+    return train_encoder(world_dir / "images", tmp_path_factory.mktemp("encoder"), TrainEncoderConfig(**TEST_ENCODER))

@@ -84,6 +84,25 @@ class FrameAttention:
         return np.concatenate(maps).astype(np.float32)
 
 
+def scored_images(attention_model: FrameAttention, dataset, batch_size: int = 16):
+    """Yield (index, probs (C,), attention (C, H, W)) for a dataset, batching runs of same-size images."""
+    batch: list[tuple[int, np.ndarray]] = []
+
+    def flush():
+        probs, attention = attention_model.scores_and_attention(np.stack([image for _, image in batch]))
+        for (i, _), p, a in zip(batch, probs, attention):
+            yield i, p, a
+        batch.clear()
+
+    for i in range(len(dataset)):
+        image = dataset.image(i)
+        if batch and (image.shape != batch[0][1].shape or len(batch) == batch_size):
+            yield from flush()
+        batch.append((i, image))
+    if batch:
+        yield from flush()
+
+
 def cam_segmentation(probs: np.ndarray, attention: np.ndarray, class_threshold: float,
                      cam_threshold: float) -> np.ndarray:
     """The CAM baseline for one image: label = 1 + the present class of highest attention where that
@@ -132,19 +151,19 @@ def evaluate_cam(model_dir: Path, data: Path, config: EvalCamConfig, out: Path |
     dataset = VOCDataset(data, config.split, class_names=attention_model.class_names)
     matrix = ConfusionMatrix(len(dataset.class_names) + 1)
     covered = total = 0
-    for i in tqdm(range(len(dataset)), desc="eval-cam", unit="img", leave=False):
-        image, gt = dataset.image(i), dataset.mask(i)
-        probs, attention = attention_model.scores_and_attention(image[None])
-        labels = cam_segmentation(probs[0], attention[0], class_threshold, config.cam_threshold)
+    for i, probs, attention in tqdm(scored_images(attention_model, dataset), total=len(dataset),
+                                    desc="eval-cam", unit="img", leave=False):
+        gt = dataset.mask(i)
+        labels = cam_segmentation(probs, attention, class_threshold, config.cam_threshold)
         matrix.update(labels, gt)
         for c in np.unique(gt):
             if 0 < c < 255:
                 on_object = gt == c
-                covered += int((attention[0, c - 1][on_object] > config.cam_threshold).sum())
+                covered += int((attention[c - 1][on_object] > config.cam_threshold).sum())
                 total += int(on_object.sum())
         if out is not None:
             write_palette_png(out / "masks" / f"{dataset.ids[i]}.png", labels)
-    names = ["background", *dataset.class_names]
+    names = dataset.class_names
     result = {
         "split": config.split,
         "images": len(dataset),

@@ -1,0 +1,232 @@
+"""`wsvs-export MODEL`: a checkpoint -> ONNX graphs (fp32, fp16 or int8 Q/DQ) -> TensorRT engines, verified.
+
+Writes three graphs (``X.onnx`` the end-to-end segmenter, ``X.encoder.onnx`` and ``X.decoder.onnx`` for the
+video runtime) and, with ``--engine E.engine``, one engine per graph (``E.engine``, ``E.encoder.engine``,
+``E.decoder.engine``) with JSON sidecars. All outputs are written to temporary files and renamed at the end,
+so a failure leaves none behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsvs.runtime import __version__
+from wsvs.runtime.errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ExportConfig:
+    """`wsvs-export`: graph, precision and verification settings."""
+
+    precision: str = "fp32"
+    opset: int = 17
+    top_k: int = 3  # classes per image that go through the decoder (a static shape for TensorRT)
+    min_shapes: tuple[int, ...] = (1, 3, 128, 128)
+    opt_shapes: tuple[int, ...] | None = None  # None: 1x3xSxS at the checkpoint's training crop size S
+    max_shapes: tuple[int, ...] = (4, 3, 512, 512)
+    calibration_images: int = 64  # int8: at most this many images of --calib, in name order
+    verify: bool = True
+    atol: float | None = None  # None: the precision's default in wsvs.export.verify.DEFAULT_TOLERANCES
+    rtol: float | None = None
+    min_agreement: float | None = None
+    min_label_agreement: float | None = None
+
+
+def default_onnx_path(model: Path, precision: str) -> Path:
+    folder = model.parent if model.suffix == ".safetensors" else model
+    return folder / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+
+
+def verification_shapes(profile) -> list[tuple[int, int, int, int]]:
+    """The opt shape, and the largest batch at an odd size between min and opt (ceil-mode pooling, resizes)."""
+    odd_height = (profile.min[2] + profile.opt[2]) // 2 | 1
+    odd_width = (profile.min[3] + profile.opt[3]) // 2 | 1
+    return [profile.opt, (profile.max[0], 3, odd_height, odd_width)]
+
+
+@contextlib.contextmanager
+def output_files(paths: list[Path]):
+    """Temporary files beside every output, renamed over them only if the whole block succeeds."""
+    from wsvs.runtime.io import atomic_path
+
+    with contextlib.ExitStack() as stack:
+        temporary = {}
+        for path in paths:
+            try:
+                temporary[path] = stack.enter_context(atomic_path(path))
+            except OSError as exc:
+                raise InputError(path, f"cannot write the output here ({exc.strerror or exc})") from None
+        yield temporary
+
+
+def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, calib: Path | None,
+           timing_cache: Path | None, config: ExportConfig) -> int:
+    """The whole command; returns the exit code (1 when verification fails)."""
+    import shutil
+
+    from wsvs.training.checkpoint import load_checkpoint
+
+    from . import onnx_export, quantize, tensorrt_build, verify
+
+    started = time.perf_counter()
+    if config.precision not in PRECISIONS:
+        raise InputError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    model, meta = load_checkpoint(model_path)
+    side = meta.input_size
+    profile = tensorrt_build.ShapeProfile(tuple(config.min_shapes), tuple(config.opt_shapes or (1, 3, side, side)),
+                                          tuple(config.max_shapes))
+    top_k = min(config.top_k, meta.arch.num_classes)
+    if top_k < 1:
+        raise InputError(None, f"--top-k must be >= 1, got {config.top_k}")
+    if calib is not None and not (calib.is_dir() and verify.image_paths(calib)):
+        raise InputError(calib, "calibration folder not found or has no images")
+    if config.precision == "int8" and calib is None:
+        raise InputError(None, "int8 needs calibration images: pass --calib DIR")
+    if engine_path is not None:  # fail before any work when TensorRT or the GPU is missing
+        tensorrt_build.import_tensorrt()
+        tensorrt_build.gpu_name()
+
+    graphs = onnx_export.GraphPaths.beside(onnx_path or default_onnx_path(model_path, config.precision))
+    engines = onnx_export.GraphPaths.beside(engine_path, ".engine") if engine_path is not None else None
+    height, width = profile.opt[2], profile.opt[3]
+    with output_files([path for _, path in graphs.items()]) as temporary, \
+            tempfile.TemporaryDirectory(prefix="wsvs-export-") as scratch:
+        fp32 = onnx_export.GraphPaths.beside(Path(scratch) / "model.onnx")
+        onnx_export.export_onnx(model, meta, fp32, config.opset, top_k)
+        calibration = (None if config.precision != "int8" else verify.folder_images(
+            calib, config.calibration_images, height, width))
+        for graph, target in graphs.items():
+            source, written = getattr(fp32, graph), temporary[target]
+            if config.precision == "fp32":
+                shutil.copyfile(source, written)
+            elif config.precision == "fp16":
+                quantize.to_fp16(source, written)
+            else:
+                batches = [normalise_images(image[None], meta) for image in calibration]
+                if graph == "decoder":
+                    batches = [verify.decoder_inputs(model, meta, batch) for batch in batches]
+                quantize.to_int8(source, written, batches)
+    print(f"exported {config.precision} ONNX in {time.perf_counter() - started:.1f} s:")
+    for _, path in graphs.items():
+        print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
+
+    if engines is not None:
+        import onnx
+
+        for graph, path in engines.items():
+            metadata = onnx_export.read_metadata(onnx.load(str(getattr(graphs, graph)), load_external_data=False))
+            tensorrt_build.build_engine(getattr(graphs, graph), path, profile.for_input(graph), config.precision,
+                                        metadata, timing_cache)
+            print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB  (+ {tensorrt_build.sidecar_path(path).name})")
+
+    if not config.verify:
+        return 0
+    default = verify.DEFAULT_TOLERANCES[config.precision]
+    tolerance = verify.Tolerance(*(default_value if value is None else value for value, default_value in (
+        (config.atol, default.atol), (config.rtol, default.rtol), (config.min_agreement, default.min_agreement),
+        (config.min_label_agreement, default.min_label_agreement))))
+    batches = []
+    for seed, (n, _, h, w) in enumerate(verification_shapes(profile)):
+        images = verify.folder_images(calib, n, h, w) if calib is not None else None
+        if images is None or len(images) < n:
+            images = verify.synthetic_images(n, h, w, seed)
+        batches.append(normalise_images(images, meta))
+    print(f"verify against PyTorch fp32 (atol {tolerance.atol:g}, rtol {tolerance.rtol:g}, agreement >= "
+          f"{100 * tolerance.min_agreement:g}% of values, {100 * tolerance.min_label_agreement:g}% of labels):")
+    results = []
+    for graph, path in graphs.items():
+        cases = verify.verification_cases(model, meta, graph, batches, top_k)
+        runners = [("onnxruntime", verify.onnxruntime_runner(path))]
+        if engines is not None:
+            runners.append(("tensorrt", verify.tensorrt_runner(getattr(engines, graph))))
+        for backend, run in runners:
+            for result in verify.verify_graph(graph, backend, run, cases, tolerance):
+                print(f"  {result.line()}")
+                results.append(result)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        print(f"wsvs-export: verification failed for {len(failed)} of {len(results)} outputs", file=sys.stderr)
+        return 1
+    print(f"verification passed ({len(results)} outputs)")
+    return 0
+
+
+def normalise_images(images, meta):
+    from wsvs.runtime.preprocess import normalise
+
+    return normalise(images, meta.mean, meta.std)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsvs-export",
+        description="Export a wsvs checkpoint to ONNX (the end-to-end segmenter plus the encoder and decoder "
+        "graphs) in fp32, fp16 or int8 (Q/DQ from static calibration), optionally build TensorRT engines, and "
+        "verify every backend against PyTorch. Graph inputs are float32 NCHW RGB normalised with the "
+        "checkpoint's mean/std (recorded in the graph's metadata); batch, height and width are dynamic.")
+    parser.add_argument("model", type=Path, metavar="MODEL", help="checkpoint folder (or its model.safetensors)")
+    parser.add_argument("--version", action="version", version=f"wsvs-export {__version__}")
+    parser.add_argument("--onnx", type=Path, default=None, metavar="OUT.onnx",
+                        help="segmenter graph path; .encoder.onnx/.decoder.onnx go beside it "
+                        "(default: MODEL/model.onnx, or model.fp16.onnx / model.int8.onnx)")
+    parser.add_argument("--engine", type=Path, default=None, metavar="OUT.engine",
+                        help="also build TensorRT engines (needs tensorrt and an NVIDIA GPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="graph precision (default fp32)")
+    parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
+                        help="folder of calibration images (needed for int8; also used for --verify)")
+    for name, example in (("min", "1x3x128x128"), ("opt", "1x3x321x321"), ("max", "4x3x512x512")):
+        parser.add_argument(f"--{name}Shapes", dest=f"{name}_shapes", default=None, metavar="NxCxHxW",
+                            help=f"{name} shape of the images input for the TensorRT profile and verification "
+                            f"(trtexec style, e.g. {example} or images:{example})")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument("--top-k", type=int, default=None, help="classes per image through the decoder (default 3)")
+    parser.add_argument("--timingCacheFile", dest="timing_cache", type=Path, default=None, metavar="FILE",
+                        help="TensorRT timing cache, read if present and updated")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare every backend with PyTorch and exit 1 past tolerance (default on)")
+    parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (default by precision)")
+    parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default by precision)")
+    parser.add_argument("--min-agreement", type=float, default=None,
+                        help="fraction of each float output that must be within tolerance (default by precision)")
+    parser.add_argument("--min-label-agreement", type=float, default=None,
+                        help="fraction of labels and classes that must be equal (default by precision)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML with ExportConfig keys")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from wsvs.runtime.config import load_config
+
+    from .tensorrt_build import parse_shape
+
+    shapes = {f"{name}_shapes": None if getattr(args, f"{name}_shapes") is None
+              else parse_shape(getattr(args, f"{name}_shapes")) for name in ("min", "opt", "max")}
+    config = load_config(ExportConfig, args.config, precision=args.precision, opset=args.opset, top_k=args.top_k,
+                         verify=args.verify, atol=args.atol, rtol=args.rtol, min_agreement=args.min_agreement,
+                         min_label_agreement=args.min_label_agreement,
+                         **shapes)
+    return export(args.model, args.onnx, args.engine, args.calib, args.timing_cache, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InputError as exc:
+        print(f"wsvs-export: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wsvs-export: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

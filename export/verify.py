@@ -1,0 +1,203 @@
+"""Backend-vs-PyTorch checks of exported graphs, in the manner of Polygraphy's ``run --atol --rtol``.
+
+Each output is compared element-wise: a float element agrees when ``|got - ref| <= atol + rtol * |ref|``, an
+integer element (labels, classes) when it is equal. A graph passes when every float output agrees on at least
+``min_agreement`` of its elements and every integer output on ``min_label_agreement``.
+
+A fraction rather than all elements, because the decoder's unpooling switches mark the maximum of each 2x2
+window: where two values nearly tie, a difference in the last bits upstream (convolutions summed in another
+order, bilinear coordinates computed another way) moves a switch and changes nearby probabilities by far more
+than that difference. PyTorch itself does the same under a 1e-5 change of its input, so a probability can
+differ by 0.1 or more at a few pixels of a correct export, while the labels stay equal almost everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsvs.runtime.io import read_image_rgb
+from wsvs.runtime.preprocess import resize_rgb
+from wsvs.training.checkpoint import ModelMetadata
+from wsvs.training.models import WSVSModel, multiscale_attention
+
+from .onnx_export import OUTPUT_NAMES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    min_agreement: float  # float outputs: fraction of elements within atol + rtol * |ref|
+    min_label_agreement: float  # integer outputs (labels, classes): fraction of equal elements
+
+
+# Defaults per precision, against the fp32 PyTorch model (measured margins in tests/test_export_onnx.py).
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.97, min_label_agreement=0.999),
+    "fp16": Tolerance(atol=2e-2, rtol=2e-2, min_agreement=0.95, min_label_agreement=0.99),
+    "int8": Tolerance(atol=0.1, rtol=0.1, min_agreement=0.8, min_label_agreement=0.9),
+}
+
+
+@dataclass
+class Comparison:
+    """One output of one graph on one backend and input shape."""
+
+    graph: str
+    backend: str
+    shape: tuple[int, ...]
+    output: str
+    max_abs: float
+    max_rel: float
+    agreement: float
+    passed: bool
+
+    def line(self) -> str:
+        errors = "" if np.isnan(self.max_abs) else f"max abs {self.max_abs:.3g}  max rel {self.max_rel:.3g}  "
+        return (f"{self.graph:9s} {self.backend:11s} {'x'.join(map(str, self.shape)):14s} {self.output:10s} "
+                f"{errors}agree {100 * self.agreement:.3f}%  {'PASS' if self.passed else 'FAIL'}")
+
+
+def compare(reference: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> tuple[float, float, float]:
+    """(max abs error, max relative error, fraction of agreeing elements); errors are NaN for integers."""
+    if reference.shape != got.shape:
+        return float("inf"), float("inf"), 0.0
+    if np.issubdtype(reference.dtype, np.integer):
+        return float("nan"), float("nan"), float(np.mean(reference == got))
+    ref, out = reference.astype(np.float64), got.astype(np.float64)
+    error = np.abs(out - ref)
+    within = error <= tolerance.atol + tolerance.rtol * np.abs(ref)
+    relative = error / np.maximum(np.abs(ref), 1e-6)
+    return float(error.max(initial=0)), float(relative.max(initial=0)), float(within.mean())
+
+
+def synthetic_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth random RGB images (N, H, W, 3) uint8: colour blobs like a photograph's, not pixel noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, size=(count, max(2, height // 24), max(2, width // 24), 3)).astype(np.uint8)
+    return np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC) for image in low])
+
+
+def folder_images(folder: Path, count: int, height: int, width: int) -> np.ndarray:
+    """Up to ``count`` images of ``folder`` (sorted by name), resized to (height, width), as (N, H, W, 3)."""
+    return np.stack([resize_rgb(read_image_rgb(p), (height, width)) for p in image_paths(folder)[:count]])
+
+
+def image_paths(folder: Path) -> list[Path]:
+    """The image files of ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@torch.no_grad()
+def reference_segmentation(model: WSVSModel, meta: ModelMetadata, images: torch.Tensor,
+                           top_k: int) -> tuple[torch.Tensor, ...]:
+    """§3.4 in plain PyTorch, one class at a time, on the unchanged model functions: the ground truth that
+    the segmenter graph (batched, gathered, masked) must reproduce. Outputs as ``SegmenterGraph``."""
+    logits, _ = model.encoder(images)
+    scores = torch.sigmoid(logits)
+    attention = multiscale_attention(model.encoder, images, meta.scales)
+    top_scores, classes = scores.topk(top_k, dim=1)
+    probs = torch.zeros(images.shape[0], top_k, *images.shape[-2:])
+    for n in range(images.shape[0]):
+        for slot in range(top_k):
+            if top_scores[n, slot] > meta.class_threshold:
+                class_attention = attention[n, classes[n, slot]][None, None]
+                probs[n, slot] = torch.sigmoid(model.decoder(class_attention))[0, 0]
+    best, best_slot = probs.max(dim=1)
+    labels = torch.where(best >= 0.5, classes.gather(1, best_slot.flatten(1)).reshape(best.shape) + 1, 0)
+    return scores, classes, probs, labels.to(torch.int32)
+
+
+def reference_outputs(model: WSVSModel, meta: ModelMetadata, graph: str, inputs: np.ndarray,
+                      top_k: int) -> list[np.ndarray]:
+    """What each graph must output for ``inputs``, from the PyTorch model."""
+    from .wrappers import DecoderGraph, EncoderGraph
+
+    x = torch.from_numpy(inputs)
+    with torch.no_grad():
+        if graph == "segmenter":
+            outputs = reference_segmentation(model, meta, x, top_k)
+        elif graph == "encoder":
+            outputs = EncoderGraph(model.encoder, meta.scales)(x)
+        else:
+            outputs = (DecoderGraph(model.decoder)(x),)
+    return [o.numpy() for o in outputs]
+
+
+def decoder_inputs(model: WSVSModel, meta: ModelMetadata, images: np.ndarray) -> np.ndarray:
+    """Attention maps of each image's most likely class, (N, 1, H, W): what the decoder sees in use."""
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        logits, _ = model.encoder(x)
+        attention = multiscale_attention(model.encoder, x, meta.scales)
+    best = logits.argmax(dim=1)
+    return attention[torch.arange(len(best)), best][:, None].numpy()
+
+
+def onnxruntime_runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda inputs: session.run(None, {name: inputs})
+
+
+def tensorrt_runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Run a serialised engine on CUDA memory held by (CUDA) PyTorch tensors."""
+    import tensorrt as trt
+
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+    output_names = [n for n in names if n != input_name]
+
+    def run(inputs: np.ndarray) -> list[np.ndarray]:
+        x = torch.from_numpy(inputs).cuda()
+        context.set_input_shape(input_name, tuple(x.shape))
+        context.set_tensor_address(input_name, x.data_ptr())
+        outputs = []
+        for name in output_names:
+            dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
+            outputs.append(torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda"))
+            context.set_tensor_address(name, outputs[-1].data_ptr())
+        stream = torch.cuda.current_stream()
+        context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return [o.cpu().numpy() for o in outputs]
+
+    return run
+
+
+def verify_graph(graph: str, backend: str, run: Callable[[np.ndarray], list[np.ndarray]],
+                 cases: list[tuple[np.ndarray, list[np.ndarray]]], tolerance: Tolerance) -> list[Comparison]:
+    """Compare a backend's outputs with the references for each (inputs, reference outputs) case."""
+    results = []
+    for inputs, references in cases:
+        for name, reference, got in zip(OUTPUT_NAMES[graph], references, run(inputs)):
+            max_abs, max_rel, agreement = compare(reference, got, tolerance)
+            required = (tolerance.min_label_agreement if np.issubdtype(reference.dtype, np.integer)
+                        else tolerance.min_agreement)
+            results.append(Comparison(graph, backend, tuple(inputs.shape), name, max_abs, max_rel, agreement,
+                                      agreement >= required))
+    return results
+
+
+def verification_cases(model: WSVSModel, meta: ModelMetadata, graph: str, images: list[np.ndarray],
+                       top_k: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """(inputs, PyTorch reference outputs) of ``graph`` for each batch of normalised images."""
+    cases = []
+    for batch in images:
+        inputs = decoder_inputs(model, meta, batch) if graph == "decoder" else batch
+        cases.append((inputs, reference_outputs(model, meta, graph, inputs, top_k)))
+    return cases
+
