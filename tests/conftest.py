@@ -30,7 +30,7 @@ TEST_WORLD = {
     "misleading_per_class": 1,
     "video_frames": (24, 30),
 }
-TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 20}
+TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 8}
 
 
 @pytest.fixture(scope="session")

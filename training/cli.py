@@ -22,6 +22,10 @@ STAGES = [
     "crawl",
     "segment_videos",
     "eval_video",
+    "train_decoder",
+    "segment",
+    "adapt",
+    "evaluate",
 ]
 
 

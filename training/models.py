@@ -79,9 +79,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.features = vgg16_features(arch.width, arch.batch_norm)
         feat = _scaled(512, arch.width)
-        self.extra = nn.Sequential(nn.Conv2d(feat, _scaled(arch.extra_channels, arch.width), 3, padding=1),
-                                   nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(_scaled(arch.extra_channels, arch.width), arch.num_classes)
+        extra = _scaled(arch.extra_channels, arch.width)
+        # With batch_norm the new layer is normalised too: without it, most of its ReLUs die early when training
+        # from scratch and only one or two classes are ever learned.
+        self.extra = nn.Sequential(nn.Conv2d(feat, extra, 3, padding=1),
+                                   *([nn.BatchNorm2d(extra)] if arch.batch_norm else []), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(extra, arch.num_classes)
         init_weights(self)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:

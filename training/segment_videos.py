@@ -58,6 +58,14 @@ class SegmentVideosConfig:
     max_side: int = 480
     attention_scales: tuple[float, ...] | None = None  # CAM input scales; None: the checkpoint's own
     videoseg: VideoSegConfig = field(default_factory=VideoSegConfig)
+    # "graphcut" is §3.2; "cam_threshold" thresholds the attention per pixel instead (the CAM baseline of the
+    # ablation, on the same intervals).
+    method: str = "graphcut"
+    cam_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in ("graphcut", "cam_threshold"):
+            raise ValueError(f"method must be graphcut or cam_threshold, got {self.method!r}")
 
 
 @dataclass(frozen=True)
@@ -228,7 +236,12 @@ def segment_video(
         tic = time.perf_counter()
         attention = None if model is None else model.attention(frames, class_index)
         attention_s += time.perf_counter() - tic
-        masks, info = segment_frames(frames, attention, config.videoseg)
+        if config.method == "cam_threshold":
+            if attention is None:
+                raise InputError(source.path, "method cam_threshold needs attention (a --model)")
+            masks, info = attention > config.cam_threshold, {"timings_s": {}}
+        else:
+            masks, info = segment_frames(frames, attention, config.videoseg)
         for stage, seconds in info["timings_s"].items():
             stage_s[stage] = stage_s.get(stage, 0.0) + seconds
         tic = time.perf_counter()

@@ -225,11 +225,14 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
     from tqdm import tqdm
 
     from .cam import FrameAttention
+    from .checkpoint import checkpoint_files
     from .segment_videos import find_videos
 
     records = video_records(masks_dir)
     sources = {source.relative: source for source in find_videos(videos_dir)}
-    weights, _ = _checkpoint_paths(model_dir)
+    weights, _ = checkpoint_files(model_dir)
+    if not weights.is_file():
+        raise InputError(weights, "weights file not found")
     settings = {"encoder": file_digest(weights), "max_side": config.max_side}
     settings_path = cache_dir / "cache.json"
     if settings_path.is_file() and read_json(settings_path) != settings:
@@ -265,15 +268,6 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
                 pairs.attention.append(att)
                 pairs.masks.append(mask)
     return pairs, counts
-
-
-def _checkpoint_paths(model_dir: Path) -> tuple[Path, Path]:
-    from .checkpoint import checkpoint_files
-
-    weights, metadata = checkpoint_files(model_dir)
-    if not weights.is_file():
-        raise InputError(weights, "weights file not found")
-    return weights, metadata
 
 
 def train_decoder(model_dir: Path, videos_dir: Path, masks_dir: Path, out: Path, config: TrainDecoderConfig,

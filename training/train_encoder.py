@@ -135,7 +135,8 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
             optimizer.load_state_dict(state["optimizer"])
         except Exception as exc:  # a foreign or damaged state file is the user's input problem
             raise InputError(state_path, f"cannot resume from this training state ({type(exc).__name__})") from None
-        if state["config"] != dump_config(config):
+        # only the epoch count may grow between runs: anything else would mix two trainings
+        if {**state["config"], "epochs": config.epochs} != dump_config(config):
             raise InputError(state_path, "was written with a different config; train into a new --out")
         start_epoch, history = int(state["epoch"]), list(state["history"])
     loss_fn = nn.BCEWithLogitsLoss()

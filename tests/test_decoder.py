@@ -1,0 +1,200 @@
+"""Decoder on video masks (§3.3), inference (§3.4), domain adaptation (§5.2.1) and image evaluation (§5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from wsvs.runtime.io import read_label_png, voc_palette, write_binary_png
+from wsvs.training.checkpoint import ModelMetadata, load_checkpoint
+from wsvs.training.cli import main
+from wsvs.training.models import ArchConfig, WSVSModel, multiscale_attention
+from wsvs.training.segment import labels_from_foreground, segment_images
+from wsvs.training.train_decoder import Pairs, TrainDecoderConfig, fit_decoder, video_pairs
+
+TINY = ArchConfig(num_classes=3, width=0.125, batch_norm=True)
+
+
+class AttentionAsProbability(nn.Module):
+    """A decoder whose foreground probability is its input attention, for known-answer checks."""
+
+    def forward(self, attention: torch.Tensor) -> torch.Tensor:
+        return torch.logit(attention.clamp(1e-6, 1 - 1e-6))
+
+
+def test_pixels_take_the_most_probable_class_and_background_below_half() -> None:
+    foreground = np.zeros((1, 3, 2, 3), np.float32)
+    foreground[0, 0] = [[0.9, 0.2, 0.49], [0.6, 0.0, 0.5]]
+    foreground[0, 2] = [[0.8, 0.3, 0.1], [0.7, 0.0, 0.4]]
+    expected = np.array([[[1, 0, 0], [3, 0, 1]]], np.uint8)
+    np.testing.assert_array_equal(labels_from_foreground(foreground), expected)
+
+
+def test_inference_decodes_only_present_classes_and_takes_the_pixelwise_max() -> None:
+    torch.manual_seed(0)
+    model = WSVSModel(TINY).eval()
+    model.decoder = AttentionAsProbability()
+    meta = ModelMetadata(class_names=["ant", "bee", "cat"], arch=TINY, scales=(1.0, 1.5))
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
+    present = np.array([[True, False, True], [False, True, False]])
+
+    labels, scores, foreground = segment_images(model, meta, images, present)
+
+    from wsvs.runtime.preprocess import normalise
+
+    with torch.no_grad():
+        x = torch.from_numpy(normalise(images, meta.mean, meta.std))
+        attention = multiscale_attention(model.encoder, x, meta.scales).numpy()
+        expected_scores = torch.sigmoid(model.encoder(x)[0]).numpy()
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+    np.testing.assert_allclose(foreground, np.where(present[..., None, None], attention, 0), atol=1e-5)
+    for n in range(2):
+        masked = np.where(present[n][:, None, None], attention[n], -1)
+        expected = np.where(masked.max(0) >= 0.5, masked.argmax(0) + 1, 0)
+        np.testing.assert_array_equal(labels[n], expected)
+    assert set(np.unique(labels[1])) <= {0, 2}
+
+    # Without given classes, the threshold picks them: none pass 1.0, so everything is background.
+    meta.class_threshold = 1.0
+    labels, _, foreground = segment_images(model, meta, images)
+    assert not labels.any() and not foreground.any()
+
+
+def _make_masks(folder: Path, video_id: str, relative: str, class_name: str, masks: dict[int, np.ndarray]) -> None:
+    for index, mask in masks.items():
+        write_binary_png(folder / video_id / f"{index:05d}.png", mask)
+    record = {"video": relative, "class": class_name, "intervals": [[min(masks), max(masks) + 1]]}
+    (folder / f"{video_id}.json").write_text(json.dumps(record))
+
+
+def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
+    videos = world_dir / "web"
+    relative = sorted(p.relative_to(videos).as_posix() for p in videos.rglob("*.mp4"))[0]
+    class_name, video_id = relative.split("/")[0], Path(relative).stem
+    import av
+
+    with av.open(str(videos / relative)) as container:
+        height, width = container.streams.video[0].height, container.streams.video[0].width
+    plausible = np.zeros((height, width), bool)
+    plausible[20:60, 30:90] = True
+    nearly_full = np.ones((height, width), bool)
+    nearly_full[:5, :5] = False
+    masks = {0: plausible, 1: np.zeros((height, width), bool), 2: nearly_full, 3: plausible, 4: plausible}
+    masks_dir = tmp_path / "masks"
+    _make_masks(masks_dir, video_id, relative, class_name, masks)
+    config = TrainDecoderConfig()
+    cache = tmp_path / "cache"
+
+    pairs, counts = video_pairs(encoder_dir, videos, masks_dir, cache, config)
+
+    assert counts == {"videos": 1, "masked_frames": 5, "used": 3, "skipped_empty": 1, "skipped_full": 1}
+    assert len(pairs.masks) == 3 and pairs.masks[0].shape == (height, width)
+    assert np.array_equal(pairs.masks[1], plausible)
+    assert 0 <= pairs.attention[0].min() and pairs.attention[0].max() <= 1
+    # The cached attention is reused as it is (same bytes) and matches the encoder's attention of the frame.
+    cached = (cache / f"{video_id}.npz").read_bytes()
+    again, _ = video_pairs(encoder_dir, videos, masks_dir, cache, config)
+    assert (cache / f"{video_id}.npz").read_bytes() == cached
+    np.testing.assert_array_equal(again.attention[2], pairs.attention[2])
+
+
+def _disc_pairs(count: int, size: int = 32) -> Pairs:
+    """Blurry attention blobs and, as masks, the discs under them."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size]
+    attention, masks = [], []
+    for _ in range(count):
+        cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(4, 7)
+        distance = np.hypot(yy - cy, xx - cx)
+        attention.append(np.exp(-((distance / (2 * r)) ** 2)).astype(np.float16))
+        masks.append(distance < r)
+    return Pairs(attention, masks)
+
+
+def test_resumed_decoder_training_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    pairs = _disc_pairs(12)
+    meta = ModelMetadata(class_names=["ant", "bee", "cat"], arch=TINY, input_size=32)
+
+    def train(out: Path, epochs: int, resume: bool) -> None:
+        torch.manual_seed(0)
+        model = WSVSModel(TINY)
+        config = TrainDecoderConfig(epochs=epochs, batch_size=4, device="cpu")
+        fit_decoder(model, meta, pairs, out, config, "decoder_training", {}, resume)
+
+    train(tmp_path / "straight", 2, False)
+    train(tmp_path / "resumed", 1, False)
+    train(tmp_path / "resumed", 2, True)
+    straight, straight_meta = load_checkpoint(tmp_path / "straight")
+    resumed, resumed_meta = load_checkpoint(tmp_path / "resumed")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert straight_meta.decoder_trained
+    assert straight_meta.extra["decoder_training"]["history"] == resumed_meta.extra["decoder_training"]["history"]
+
+
+@pytest.fixture(scope="module")
+def video_masks(world_dir: Path, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("video_masks")
+    assert main(["segment-videos", "--videos", str(world_dir / "web"), "--model", str(encoder_dir),
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_table1_in_miniature(world_dir: Path, encoder_dir: Path, video_masks: Path, tmp_path: Path,
+                             capsys) -> None:
+    """CAM baseline < decoder trained on video masks < + domain adaptation, on the small world's val split."""
+    from wsvs.training.cam import EvalCamConfig, evaluate_cam
+
+    data = world_dir / "images"
+    decoder_dir, adapted_dir = tmp_path / "decoder", tmp_path / "adapted"
+    assert main(["train-decoder", "--model", str(encoder_dir), "--videos", str(world_dir / "web"),
+                 "--masks", str(video_masks), "--out", str(decoder_dir), "--epochs", "6"]) == 0
+    assert main(["adapt", "--model", str(decoder_dir), "--data", str(data), "--out", str(adapted_dir),
+                 "--epochs", "3"]) == 0
+    cam = evaluate_cam(encoder_dir, data, EvalCamConfig())["miou"]
+    scores = {}
+    for name, model_dir in (("decoder", decoder_dir), ("adapted", adapted_dir)):
+        json_path = tmp_path / f"{name}.json"
+        assert main(["eval", "--model", str(model_dir), "--data", str(data), "--json", str(json_path)]) == 0
+        scores[name] = json.loads(json_path.read_text())["miou"]
+    printed = capsys.readouterr().out
+    assert "bkg" in printed and "mean" in printed
+    assert scores["decoder"] >= cam + 0.10, (cam, scores)
+    assert scores["adapted"] > scores["decoder"], (cam, scores)
+    # The adapted checkpoint keeps the encoder exactly; its labels of the training images are viewable.
+    encoder, _ = load_checkpoint(encoder_dir)
+    adapted, meta = load_checkpoint(adapted_dir)
+    for (name, a), b in zip(encoder.encoder.state_dict().items(), adapted.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert "adaptation" in meta.extra and "decoder_training" in meta.extra
+    label_file = next((adapted_dir / "labels").glob("*.png"))
+    from PIL import Image
+
+    with Image.open(label_file) as image:
+        assert image.mode == "P" and np.array_equal(np.array(image.getpalette()[:6]).reshape(2, 3), voc_palette(2))
+
+
+def test_segment_cli_writes_palette_masks_and_overlays(world_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = WSVSModel(TINY)
+    model.decoder.head.bias.data.fill_(10.0)  # every present class covers the whole image
+    meta = ModelMetadata(class_names=["ant", "bee", "cat"], arch=TINY, class_threshold=0.0, decoder_trained=True)
+    from wsvs.training.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "model", model, meta)
+    images = sorted((world_dir / "images" / "JPEGImages").glob("*.jpg"))[:2]
+    assert main(["segment", *map(str, images), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out")]) == 0
+    for image in images:
+        labels = read_label_png(tmp_path / "out" / f"{image.stem}.png")
+        assert labels.min() >= 1  # all classes present: no background anywhere
+        assert (tmp_path / "out" / f"{image.stem}_overlay.jpg").is_file()
+
+
+def test_eval_without_a_trained_decoder_is_an_input_error(encoder_dir: Path, world_dir: Path, capsys) -> None:
+    assert main(["eval", "--model", str(encoder_dir), "--data", str(world_dir / "images")]) == 2
+    assert "no trained decoder" in capsys.readouterr().err
