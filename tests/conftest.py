@@ -24,13 +24,13 @@ def shared_data() -> Path:
 TEST_WORLD = {
     "classes": ("ant", "bee", "cat"),
     "image_size": 96,
-    "train_images": 240,
+    "train_images": 600,
     "val_images": 60,
     "videos_per_class": 3,
     "misleading_per_class": 1,
     "video_frames": (24, 30),
 }
-TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 8}
+TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 4}
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ STAGES = [
     "segment",
     "adapt",
     "evaluate",
+    "bench",
 ]
 
 

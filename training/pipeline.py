@@ -58,15 +58,15 @@ def run_stage(out: Path, name: str, inputs: dict[str, Any], work: Callable[[Path
     if record_path.is_file():
         record = read_json(record_path)
         if record.get("key") == key:
-            print(f"[{name}] up to date, skipped")
+            print(f"[{name}] up to date, skipped", flush=True)
             return record
         shutil.rmtree(folder)
-    print(f"[{name}] running")
+    print(f"[{name}] running", flush=True)
     started = time.perf_counter()
     result = work(folder)
     record = {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 1), "result": result}
     write_json(record_path, record)
-    print(f"[{name}] done in {record['seconds']} s")
+    print(f"[{name}] done in {record['seconds']} s", flush=True)
     return record
 
 

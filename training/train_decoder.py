@@ -5,7 +5,8 @@ The encoder is frozen in Eq. 6, so the attention of every masked frame is comput
 (``<out>/attention/<video_id>.npz``, written atomically; a rerun reuses it). Masks that cannot be an object
 (nearly empty or nearly the whole frame) are skipped and counted. The loss is binary cross-entropy on the
 decoder's foreground logits. A full checkpoint (the encoder unchanged, the trained decoder) is written after
-every epoch; ``--resume`` continues from the last finished epoch with the same result as an unbroken run.
+every epoch; ``--resume`` continues from the last finished epoch (also to more ``--epochs``) with the same
+result as an unbroken run.
 
 The pairs are held in memory (float16 attention + bool mask, 3 bytes a pixel).
 """
@@ -125,7 +126,7 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
             optimizer.load_state_dict(state["optimizer"])
         except Exception as exc:  # a foreign or damaged state file is the user's input problem
             raise InputError(state_path, f"cannot resume from this training state ({type(exc).__name__})") from None
-        if state["config"] != dump_config(config):
+        if {**state["config"], "epochs": config.epochs} != dump_config(config):  # only more epochs may be asked
             raise InputError(state_path, "was written with a different config; train into a new --out")
         start_epoch, history = int(state["epoch"]), list(state["history"])
     extra_before = dict(meta.extra)

@@ -33,7 +33,9 @@ class TrainEncoderConfig:
     lr: float = 1e-3
     train_split: str = "train"
     val_split: str = "val"
-    scale_jitter: tuple[float, ...] = (0.7, 1.3)  # random rescale range before the crop
+    # random rescale range before the crop; none by default: rescaling stalled some classes of the synthetic
+    # world at chance when training from scratch (measured: val mAP 0.82 with (0.7, 1.3) vs 0.97 without)
+    scale_jitter: tuple[float, ...] = (1.0, 1.0)
     attention_scales: tuple[float, ...] = (0.75, 1.0, 1.5)
     class_threshold: float = 0.5
     backbone_weights: Path | None = None  # torchvision-format VGG-16 ImageNet weights (width 1 only)

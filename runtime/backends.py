@@ -1,0 +1,225 @@
+"""Inference backends for the exported graphs: ONNX Runtime (CPU or CUDA provider) and TensorRT engines.
+
+A model is a folder holding ``model.onnx`` (end-to-end segmenter), ``model.encoder.onnx`` and
+``model.decoder.onnx`` (and, when built, ``model*.engine`` with JSON sidecars), or the path of one of
+those segmenter files; the encoder and decoder graphs sit beside it. Every backend takes a float32 NCHW
+array and returns the graph's outputs by name, with the graph's metadata (class names, mean, std, ...).
+
+``tensorrt`` and ``cuda.bindings`` are imported only when a TensorRT backend is opened, so this module
+works on a machine that has neither.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .io import read_json
+
+BACKENDS = ("tensorrt", "ort-cuda", "ort-cpu")  # fastest first: the order "auto" tries them in
+GRAPH_SUFFIX = {"segmenter": "", "encoder": ".encoder", "decoder": ".decoder"}
+_ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"], "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def graph_file(model: str | Path, graph: str, suffix: str) -> Path:
+    """The file of ``graph`` ("segmenter", "encoder", "decoder") with ``suffix`` (".onnx" or ".engine") for a
+    model folder (``model.onnx``, ``model.encoder.onnx``, ...) or the segmenter file ``X.onnx``/``X.engine``."""
+    model = Path(model)
+    if model.is_dir():
+        folder, stem = model, "model"
+    else:
+        folder, stem = model.parent, model.name.removesuffix(model.suffix)
+    return folder / f"{stem}{GRAPH_SUFFIX[graph]}{suffix}"
+
+
+class Backend(ABC):
+    """One loaded graph on one backend."""
+
+    name: str  # one of BACKENDS
+    path: Path
+    metadata: dict[str, str]  # the graph's metadata_props (class_names, mean, std, ... as strings)
+    max_batch: int | None = None  # the largest batch one call accepts; None: any
+    selection: str = ""  # why "auto" chose this backend (empty when it was named)
+
+    @abstractmethod
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on float32 NCHW ``inputs``; outputs by name."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line: backend, library version, device."""
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX graph in an ONNX Runtime session on the CPU or the CUDA execution provider."""
+
+    def __init__(self, path: Path, name: str = "ort-cpu", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        if name not in _ORT_PROVIDERS:
+            raise InputError(None, f"ONNX Runtime backends are {', '.join(_ORT_PROVIDERS)}, got {name!r}")
+        if name == "ort-cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InputError(None, "this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu "
+                                   "on a machine with an NVIDIA GPU)")
+        if not path.is_file():
+            raise InputError(path, "ONNX graph not found (export it with: wsvs-export CHECKPOINT)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=_ORT_PROVIDERS[name])
+        except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
+            raise InputError(path, f"ONNX Runtime cannot load the graph ({str(exc).splitlines()[0]})") from None
+        if name == "ort-cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise InputError(path, "the CUDA provider failed to start (no usable GPU or CUDA libraries)")
+        self.name, self.path, self.version = name, path, ort.__version__
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {self.input_name: inputs.astype(self.input_dtype, copy=False)})
+        return dict(zip(self.output_names, outputs))
+
+    def describe(self) -> str:
+        return f"{self.name} (ONNX Runtime {self.version}, {self.session.get_providers()[0]})"
+
+
+def _cuda_check(result: tuple) -> tuple:
+    """cuda-python calls return (error, values...): raise on an error, return the values."""
+    error, *values = result
+    if int(error) != 0:
+        raise InputError(None, f"CUDA call failed: {getattr(error, 'name', error)}")
+    return tuple(values)
+
+
+def cuda_device_name() -> str:
+    """The name of CUDA device 0 (driver API via cuda-python), or an InputError saying why there is none."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        raise InputError(None, "cuda-python is not installed (pip install 'wsvs[gpu]')") from None
+    try:
+        (error,) = driver.cuInit(0)
+    except Exception as exc:  # cuda-python raises its own loader error when there is no NVIDIA driver
+        raise InputError(None, f"no CUDA GPU available (no NVIDIA driver: {type(exc).__name__})") from None
+    if error != driver.CUresult.CUDA_SUCCESS:
+        raise InputError(None, f"no CUDA GPU available (cuInit: {error.name})")
+    _, raw = driver.cuDeviceGetName(256, 0)
+    return raw.split(b"\0", 1)[0].decode()
+
+
+def check_engine_sidecar(engine: Path, sidecar: dict, tensorrt_version: str, gpu: str) -> None:
+    """An engine runs only on the GPU model and TensorRT version it was built with: compare its sidecar."""
+    built_version, built_gpu = sidecar.get("tensorrt_version"), sidecar.get("gpu")
+    if built_version != tensorrt_version:
+        raise InputError(engine, f"engine built with TensorRT {built_version}, this is TensorRT {tensorrt_version}: "
+                                 "rebuild it with wsvs-export --engine on this machine")
+    if built_gpu != gpu:
+        raise InputError(engine, f"engine built for {built_gpu}, this GPU is {gpu}: "
+                                 "rebuild it with wsvs-export --engine on this machine")
+
+
+class TensorRTBackend(Backend):
+    """A serialised TensorRT 10/11 engine, run on device buffers allocated once for the profile's largest
+    shape, with host copies and execution on one CUDA stream (cuda-python runtime API)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise InputError(path, "TensorRT engine not found (build it with: wsvs-export CHECKPOINT --engine E)")
+        sidecar = read_json(path.with_name(path.name + ".json"))
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise InputError(None, "TensorRT is not installed (pip install 'wsvs[gpu]' on a machine "
+                                   "with an NVIDIA GPU), use --backend ort-cpu") from None
+        check_engine_sidecar(path, sidecar, trt.__version__, cuda_device_name())
+        from cuda.bindings import runtime as cudart
+
+        self.cudart, self.path = cudart, path
+        self.metadata = dict(sidecar.get("metadata", {}))
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise InputError(path, "TensorRT cannot deserialise the engine (corrupt file?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_names = [n for n in names if n != self.input_name]
+        self.profile = self.engine.get_tensor_profile_shape(self.input_name, 0)  # (min, opt, max)
+        self.max_batch = int(self.profile[2][0])
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        (self.stream,) = _cuda_check(cudart.cudaStreamCreate())
+        # Buffers sized for the largest input shape serve every smaller one.
+        self.context.set_input_shape(self.input_name, tuple(self.profile[2]))
+        self.buffers = {}
+        for name in names:
+            size = int(np.prod(self.context.get_tensor_shape(name))) * self.dtypes[name].itemsize
+            (self.buffers[name],) = _cuda_check(cudart.cudaMalloc(size))
+            self.context.set_tensor_address(name, int(self.buffers[name]))
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        low, _, high = self.profile
+        if len(shape) != len(low) or not all(a <= s <= b for a, s, b in zip(low, shape, high)):
+            text = "x".join(map(str, shape))
+            raise InputError(self.path, f"input shape {text} is outside the engine's profile "
+                                        f"{'x'.join(map(str, low))} .. {'x'.join(map(str, high))}")
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        cudart = self.cudart
+        inputs = np.ascontiguousarray(inputs, dtype=self.dtypes[self.input_name])
+        self._check_shape(inputs.shape)
+        self.context.set_input_shape(self.input_name, inputs.shape)
+        _cuda_check(cudart.cudaMemcpyAsync(self.buffers[self.input_name], inputs.ctypes.data, inputs.nbytes,
+                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise InputError(self.path, "TensorRT failed to run the engine")
+        outputs = {}
+        for name in self.output_names:
+            outputs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
+            _cuda_check(cudart.cudaMemcpyAsync(outputs[name].ctypes.data, self.buffers[name], outputs[name].nbytes,
+                                               cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+        _cuda_check(cudart.cudaStreamSynchronize(self.stream))
+        return outputs
+
+    def describe(self) -> str:
+        sidecar = read_json(self.path.with_name(self.path.name + ".json"))
+        return f"tensorrt (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']}, {sidecar['precision']})"
+
+    def __del__(self) -> None:
+        for pointer in getattr(self, "buffers", {}).values():
+            self.cudart.cudaFree(pointer)
+        if hasattr(self, "stream"):
+            self.cudart.cudaStreamDestroy(self.stream)
+
+
+def open_backend(model: str | Path, graph: str, name: str, threads: int = 0) -> Backend:
+    """Load ``graph`` of ``model`` on the backend ``name`` (one of BACKENDS)."""
+    if name == "tensorrt":
+        return TensorRTBackend(graph_file(model, graph, ".engine"))
+    if name in _ORT_PROVIDERS:
+        return OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), name, threads)
+    raise InputError(None, f"unknown backend {name!r} (choose auto, {', '.join(BACKENDS)})")
+
+
+def select_backend(name: str, model: str | Path, graph: str = "segmenter", threads: int = 0) -> Backend:
+    """``name`` is a backend, or "auto": the fastest that loads here (TensorRT, then ONNX Runtime CUDA, then
+    CPU). The returned backend's ``selection`` says which one auto chose and why the faster ones were skipped."""
+    if name != "auto":
+        return open_backend(model, graph, name, threads)
+    skipped = []
+    for candidate in BACKENDS[:-1]:
+        try:
+            backend = open_backend(model, graph, candidate, threads)
+            break
+        except InputError as exc:
+            skipped.append(f"{candidate} unavailable ({exc})")
+    else:
+        backend = open_backend(model, graph, BACKENDS[-1], threads)
+    backend.selection = "; ".join([f"backend auto: {backend.describe()}", *skipped])
+    return backend

@@ -1,0 +1,263 @@
+"""Streaming video segmentation with the exported encoder and decoder graphs, without torch.
+
+Frames come from a video file (PyAV, packet by packet, so a corrupt packet costs one frame and a truncated
+file ends the stream cleanly) or a camera index (OpenCV). Batches of frames go through the encoder graph
+(class scores and multi-scale attention); the attention of each confident class goes through the decoder,
+and each pixel takes the class of highest foreground probability (§3.4), background under the threshold.
+
+``refine="superpixel"`` replaces the decoder by the §3.2 graph cut over a sliding window of frames
+(``wsvs.runtime.videoseg.segment_frames``, attention of the window's most likely class from the encoder
+graph): each window holds ``window`` new frames plus the last frame of the previous one, which links the
+windows' motion without segmenting it twice.
+
+Outputs: ``<out>/masks/<index>.png`` (VOC-palette label map per decoded frame, at the frame's size),
+``<out>/overlay.mp4`` and ``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .backends import open_backend, select_backend
+from .errors import InputError
+from .image_segmenter import network_size
+from .io import atomic_path, overlay, write_json, write_palette_png
+from .preprocess import normalise, resize_rgb
+from .videoseg import VideoSegConfig, segment_frames
+
+REFINEMENTS = ("none", "superpixel")
+FALLBACK_FPS = Fraction(25)
+
+
+@dataclass
+class FrameReader:
+    """Iterates (H, W, 3) uint8 RGB frames of a video file or camera; counts what it had to skip.
+
+    ``corrupt``: packets that failed to decode (skipped); ``stopped``: why the stream ended early, if it did.
+    """
+
+    source: str | Path | int
+    fps: Fraction = FALLBACK_FPS
+    corrupt: int = 0
+    stopped: str | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if isinstance(self.source, int):
+            return self._camera(self.source)
+        return self._file(Path(self.source))
+
+    def _camera(self, index: int) -> Iterator[np.ndarray]:
+        capture = cv2.VideoCapture(index)
+        if not capture.isOpened():
+            raise InputError(None, f"camera {index} cannot be opened")
+        self.fps = Fraction(capture.get(cv2.CAP_PROP_FPS) or FALLBACK_FPS).limit_denominator(1001)
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+
+    def _file(self, path: Path) -> Iterator[np.ndarray]:
+        try:
+            container = av.open(str(path))
+        except FileNotFoundError:
+            raise InputError(path, "file not found") from None
+        except av.FFmpegError as exc:
+            raise InputError(path, f"not a readable video ({exc})") from None
+        with container:
+            if not container.streams.video:
+                raise InputError(path, "has no video stream")
+            stream = container.streams.video[0]
+            self.fps = stream.average_rate or FALLBACK_FPS
+            packets = container.demux(stream)
+            while True:
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    return
+                except av.FFmpegError as exc:  # the container itself breaks: a truncated or damaged file
+                    self.stopped = f"demuxing failed ({exc})"
+                    return
+                try:
+                    frames = packet.decode()  # an empty packet at the end flushes the decoder
+                except av.FFmpegError:
+                    self.corrupt += 1
+                    continue
+                for frame in frames:
+                    yield frame.to_ndarray(format="rgb24")
+
+
+class OverlayWriter:
+    """H.264 (yuv420p) video of overlays; the stream is sized by the first image written."""
+
+    def __init__(self, path: Path, fps: Fraction) -> None:
+        self.container = av.open(str(path), mode="w", format="mp4")
+        self.fps = fps
+        self.stream = None
+
+    def write(self, image: np.ndarray) -> None:
+        image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]  # yuv420p needs even sides
+        if self.stream is None:
+            self.stream = self.container.add_stream("libx264", rate=self.fps)
+            self.stream.height, self.stream.width = image.shape[:2]
+            self.stream.pix_fmt = "yuv420p"
+        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), "rgb24")))
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.container.mux(self.stream.encode(None))
+        self.container.close()
+
+
+@dataclass
+class _Pending:
+    """Frames waiting for their labels: originals, network-size frames, scores and attention per frame."""
+
+    frames: list[np.ndarray] = field(default_factory=list)
+    small: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    attention: list[np.ndarray] = field(default_factory=list)
+
+
+class VideoSegmenter:
+    """The encoder and decoder graphs of an exported model, run over a stream of frames.
+
+    ``model``: an export folder or segmenter file (the encoder and decoder graphs sit beside it).
+    ``batch``: frames per encoder call. ``long_side``: frames are segmented with their longer side resized
+    to this. ``refine``: "none" (decoder) or "superpixel" (§3.2 graph cut over windows of ``window`` frames).
+    """
+
+    def __init__(self, model: str | Path, backend: str = "auto", batch: int = 4, long_side: int = 320,
+                 refine: str = "none", window: int = 8, videoseg: VideoSegConfig | None = None,
+                 threads: int = 0) -> None:
+        if refine not in REFINEMENTS:
+            raise InputError(None, f"refine must be one of {', '.join(REFINEMENTS)}, got {refine!r}")
+        if batch < 1 or window < 1:
+            raise InputError(None, f"batch and window must be >= 1, got {batch} and {window}")
+        self.encoder = select_backend(backend, model, "encoder", threads)
+        self.decoder = open_backend(model, "decoder", self.encoder.name, threads)
+        meta = self.encoder.metadata
+        try:
+            self.class_names: list[str] = json.loads(meta["class_names"])
+            self.mean, self.std = json.loads(meta["mean"]), json.loads(meta["std"])
+            self.class_threshold = float(meta["class_threshold"])
+            self.foreground_threshold = float(meta["foreground_threshold"])
+            self.top_k = int(meta["top_k"])
+        except (KeyError, ValueError) as exc:
+            raise InputError(self.encoder.path, f"graph metadata is incomplete ({exc})") from None
+        self.batch = min(batch, self.encoder.max_batch or batch)
+        self.long_side, self.refine, self.window = long_side, refine, window
+        self.videoseg = videoseg or VideoSegConfig()
+
+    def encode(self, small: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (N, C) and multi-scale attention (N, C, H, W) of same-size RGB frames."""
+        outputs = self.encoder.run(normalise(np.stack(small), self.mean, self.std))
+        return outputs["scores"], outputs["attention"]
+
+    def decode(self, scores: np.ndarray, attention: np.ndarray) -> np.ndarray:
+        """Labels (N, H, W) uint8: the top-k confident classes of each frame through the decoder, pixel-wise
+        maximum, background where the best foreground probability is under the threshold."""
+        foreground = np.zeros(attention.shape, np.float32)
+        top = np.argsort(-scores, axis=1)[:, : self.top_k]
+        frame_index, slot = np.nonzero(np.take_along_axis(scores, top, axis=1) > self.class_threshold)
+        class_index = top[frame_index, slot]
+        step = self.decoder.max_batch or len(frame_index) or 1
+        for start in range(0, len(frame_index), step):
+            picked = slice(start, start + step)
+            maps = attention[frame_index[picked], class_index[picked]][:, None]
+            foreground[frame_index[picked], class_index[picked]] = self.decoder.run(maps)["foreground"][:, 0]
+        return np.where(foreground.max(axis=1) >= self.foreground_threshold, foreground.argmax(axis=1) + 1,
+                        0).astype(np.uint8)
+
+    def refine_window(self, small: list[np.ndarray], scores: list[np.ndarray],
+                      attention: list[np.ndarray]) -> np.ndarray:
+        """Labels (T, H, W) uint8 of one window by the §3.2 graph cut with its most likely class's attention;
+        all background when no class is confident over the window."""
+        mean_scores = np.mean(scores, axis=0)
+        best = int(mean_scores.argmax())
+        if mean_scores[best] <= self.class_threshold:
+            return np.zeros((len(small), *small[0].shape[:2]), np.uint8)
+        masks, _ = segment_frames(np.stack(small), np.stack([a[best] for a in attention]), self.videoseg)
+        return (masks * (best + 1)).astype(np.uint8)
+
+    def segment(self, source: str | Path | int, out: Path, max_frames: int | None = None) -> dict:
+        """Segment every frame of ``source`` (file or camera index) into ``out``; returns the summary it
+        writes to ``<out>/summary.json``. A corrupt packet is skipped; a damaged file ends the run cleanly."""
+        name = None if isinstance(source, int) else Path(source)
+        reader = FrameReader(source)
+        masks_dir = out / "masks"
+        pending, context = _Pending(), None  # context: the last refined frame, linking consecutive windows
+        written = 0
+        started = time.perf_counter()
+
+        def encode_pending() -> None:
+            scores, attention = self.encode(pending.small[len(pending.scores):])
+            pending.scores.extend(scores)
+            pending.attention.extend(attention)
+
+        def emit(frames: list[np.ndarray], labels: np.ndarray) -> None:
+            nonlocal written
+            for frame, small_labels in zip(frames, labels):
+                full = cv2.resize(small_labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+                write_palette_png(masks_dir / f"{written:06d}.png", full)
+                writer.write(overlay(frame, full))
+                written += 1
+
+        def flush() -> None:
+            """Labels for the pending frames: encode what is not encoded yet, then decode or refine."""
+            nonlocal pending, context
+            if len(pending.scores) < len(pending.small):
+                encode_pending()
+            if self.refine == "none":
+                emit(pending.frames, self.decode(np.stack(pending.scores), np.stack(pending.attention)))
+            else:
+                window = [pending.small, pending.scores, pending.attention]
+                if context is not None and context[0].shape == pending.small[0].shape:
+                    window = [[c, *w] for c, w in zip(context, window)]
+                emit(pending.frames, self.refine_window(*window)[-len(pending.frames):])
+                context = (pending.small[-1], pending.scores[-1], pending.attention[-1])
+            pending = _Pending()
+
+        chunk = self.batch if self.refine == "none" else self.window
+        with atomic_path(out / "overlay.mp4") as overlay_path, \
+                tqdm(desc="segment video", unit="frame", leave=False) as progress:
+            writer = OverlayWriter(overlay_path, FALLBACK_FPS)
+            for frame in reader:
+                writer.fps = reader.fps  # known once the stream is open
+                size = network_size(*frame.shape[:2], self.long_side, name)
+                if pending.small and size != pending.small[0].shape[:2]:
+                    flush()  # a stream that changes resolution mid-way starts a new batch
+                pending.frames.append(frame)
+                pending.small.append(resize_rgb(frame, size))
+                if self.refine != "none" and len(pending.small) - len(pending.scores) == self.batch:
+                    encode_pending()
+                if len(pending.frames) == chunk:
+                    flush()
+                progress.update(1)
+                if max_frames is not None and written + len(pending.frames) >= max_frames:
+                    break
+            if pending.frames:
+                flush()
+            writer.close()
+            if written == 0:
+                raise InputError(name, "no frame could be decoded")
+        seconds = time.perf_counter() - started
+        summary = {"source": str(source), "frames": written, "corrupt_packets": reader.corrupt,
+                   "stopped_early": reader.stopped, "seconds": seconds, "frames_per_s": written / seconds,
+                   "backend": self.encoder.describe(), "refine": self.refine, "long_side": self.long_side,
+                   "masks": str(masks_dir), "overlay": str(out / "overlay.mp4")}
+        write_json(out / "summary.json", summary)
+        return summary

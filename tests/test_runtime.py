@@ -1,0 +1,224 @@
+"""The torch-free runtime: image and video segmentation from exported graphs on ONNX Runtime, backend selection,
+TensorRT failure modes, and `wsvs bench`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_export_onnx import fit_decoder_to_attention
+
+from wsvs.export import onnx_export, verify
+from wsvs.runtime.backends import check_engine_sidecar, open_backend, select_backend
+from wsvs.runtime.errors import InputError
+from wsvs.runtime.image_segmenter import ImageSegmenter, segment_files
+from wsvs.runtime.io import read_label_png, write_json
+from wsvs.runtime.preprocess import normalise, resize_rgb
+from wsvs.runtime.video_segmenter import VideoSegmenter
+from wsvs.training import bench
+from wsvs.training.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
+from wsvs.training.models import ArchConfig, WSVSModel
+
+TOP_K = 3
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A tiny checkpoint (width 0.125) with its three fp32 graphs beside it."""
+    torch.manual_seed(0)
+    arch = ArchConfig(num_classes=5, width=0.125, batch_norm=True)
+    model = WSVSModel(arch)
+    fit_decoder_to_attention(model)
+    # A random encoder scores every class near 0.5: this threshold keeps some classes and drops others.
+    meta = ModelMetadata(class_names=["ant", "bee", "cat", "dog", "eel"], arch=arch, class_threshold=0.495)
+    folder = save_checkpoint(tmp_path_factory.mktemp("model"), model.eval(), meta)
+    onnx_export.export_onnx(model, meta, onnx_export.GraphPaths.beside(folder / "model.onnx"), 17, TOP_K)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segmenter(exported) -> ImageSegmenter:
+    return ImageSegmenter(exported, "ort-cpu", batch=2)
+
+
+def reference_labels(folder: Path, images: np.ndarray) -> np.ndarray:
+    model, meta = load_checkpoint(folder)
+    x = torch.from_numpy(normalise(images, meta.mean, meta.std))
+    return verify.reference_segmentation(model, meta, x, TOP_K)[3].numpy()
+
+
+def test_image_segmenter_matches_pytorch_at_odd_sizes_and_batches(exported, segmenter):
+    odd = verify.synthetic_images(3, 97, 131, seed=3)  # three of one size: a batch of 2, then 1
+    small = verify.synthetic_images(1, 64, 80, seed=4)
+    results = segmenter.segment([odd[0], small[0], odd[1], odd[2]])
+    got = [r.labels for r in results]
+    for reference, labels in zip([*reference_labels(exported, odd), *reference_labels(exported, small)],
+                                 [got[0], got[2], got[3], got[1]]):
+        assert labels.shape == reference.shape and labels.dtype == np.uint8
+        assert len(np.unique(reference)) >= 3  # background and several classes: not a trivial map
+        assert np.mean(labels == reference) >= 0.999
+    assert results[0].scores.shape == (5,)
+
+
+def test_long_side_resizes_and_restores_size(segmenter):
+    image = verify.synthetic_images(1, 90, 150, seed=6)[0]
+    resized = ImageSegmenter(segmenter.backend.path, "ort-cpu", long_side=75).segment([image])[0].labels
+    direct = segmenter.segment([resize_rgb(image, (45, 75))])[0].labels
+    assert resized.shape == (90, 150)
+    np.testing.assert_array_equal(cv2.resize(direct, (150, 90), interpolation=cv2.INTER_NEAREST), resized)
+
+
+def test_segment_files_reads_gray_rgba_and_16_bit(exported, tmp_path):
+    rgb = verify.synthetic_images(1, 72, 88, seed=8)[0]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(tmp_path / "rgb.png"), bgr)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([bgr, np.full(gray.shape, 128, np.uint8)]))
+    cv2.imwrite(str(tmp_path / "deep.png"), bgr.astype(np.uint16) * 257)
+    out = tmp_path / "out"
+    written = segment_files(exported, [tmp_path], out, "ort-cpu", batch=3)
+    assert [p.name for p in written] == ["deep.png", "gray.png", "rgb.png", "rgba.png"]
+    labels = {p.stem: read_label_png(p) for p in written}
+    assert len(np.unique(labels["rgb"])) >= 2
+    np.testing.assert_array_equal(labels["rgba"], labels["rgb"])
+    np.testing.assert_array_equal(labels["deep"], labels["rgb"])
+    gray_alone = ImageSegmenter(exported, "ort-cpu").segment([cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)])[0].labels
+    np.testing.assert_array_equal(labels["gray"], gray_alone)
+    assert all((out / f"{name}_overlay.jpg").is_file() for name in labels)
+
+
+def test_tiny_huge_and_unreadable_images_are_one_line_errors(exported, segmenter, tmp_path):
+    cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(InputError, match=r"dot\.png: image is 1x1, smaller than 32 px") as caught:
+        segment_files(exported, [tmp_path / "dot.png"], tmp_path / "out", "ort-cpu")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(InputError, match="larger than 4096 px on a side"):
+        segmenter.segment([np.zeros((40, 5000, 3), np.uint8)])
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(InputError, match=r"broken\.jpg: not a readable image"):
+        segment_files(exported, [tmp_path / "broken.jpg"], tmp_path / "out", "ort-cpu")
+
+
+def test_auto_selects_onnxruntime_cpu_here_and_says_why(exported):
+    backend = select_backend("auto", exported / "model.onnx")
+    assert backend.name == "ort-cpu"
+    assert backend.selection.startswith("backend auto: ort-cpu (ONNX Runtime")
+    assert "tensorrt unavailable" in backend.selection and "ort-cuda unavailable" in backend.selection
+    with pytest.raises(InputError, match="unknown backend 'onnx'"):
+        select_backend("onnx", exported)
+
+
+def test_tensorrt_backend_fails_with_one_clear_line(exported, tmp_path):
+    engine = tmp_path / "model.engine"
+    with pytest.raises(InputError, match="TensorRT engine not found"):
+        open_backend(tmp_path, "segmenter", "tensorrt")
+    engine.write_bytes(b"not an engine")
+    write_json(tmp_path / "model.engine.json", {"tensorrt_version": "10.13.0", "gpu": "NVIDIA H100"})
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match=r"^TensorRT is not installed") as caught:
+            open_backend(tmp_path, "segmenter", "tensorrt")
+        assert "\n" not in str(caught.value)
+
+
+def test_engine_sidecar_must_match_this_tensorrt_and_gpu(tmp_path):
+    engine = tmp_path / "model.engine"
+    sidecar = {"tensorrt_version": "10.13.0", "gpu": "NVIDIA H100 80GB HBM3"}
+    check_engine_sidecar(engine, sidecar, "10.13.0", "NVIDIA H100 80GB HBM3")
+    with pytest.raises(InputError, match=r"engine built with TensorRT 10.13.0, this is TensorRT 11.0.0"):
+        check_engine_sidecar(engine, sidecar, "11.0.0", "NVIDIA H100 80GB HBM3")
+    with pytest.raises(InputError, match=r"engine built for NVIDIA H100 80GB HBM3, this GPU is NVIDIA A10"):
+        check_engine_sidecar(engine, sidecar, "10.13.0", "NVIDIA A10")
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_video_segmenter_matches_image_segmenter_per_frame(exported, segmenter, shared_data, tmp_path):
+    clip = shared_data / "videos" / "realshort.mp4"  # 320x240, 36 frames
+    summary = VideoSegmenter(exported, "ort-cpu", batch=4, long_side=160).segment(clip, tmp_path, max_frames=10)
+    assert summary["frames"] == 10 and summary["corrupt_packets"] == 0
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == 10
+    assert len(decoded_frames(tmp_path / "overlay.mp4")) == 10
+    assert json.loads((tmp_path / "summary.json").read_text())["frames"] == 10
+    # The encoder + decoder graphs give the end-to-end graph's labels on the same resized frames.
+    frames = decoded_frames(clip)[:10]
+    expected = [r.labels for r in ImageSegmenter(exported, "ort-cpu", batch=4, long_side=160).segment(frames)]
+    got = np.stack([read_label_png(p) for p in masks])
+    assert got.shape == (10, 240, 320) and len(np.unique(got)) >= 2
+    assert np.mean(got == np.stack(expected)) >= 0.999
+
+
+def test_video_refinement_and_a_truncated_file(exported, shared_data, tmp_path):
+    clip = shared_data / "videos" / "realshort.mp4"
+    stream_copy = tmp_path / "realshort.ts"  # MPEG-TS keeps no index at the end: a cut file still plays
+    with av.open(str(clip)) as source, av.open(str(stream_copy), "w", format="mpegts") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    truncated = tmp_path / "truncated.ts"
+    truncated.write_bytes(stream_copy.read_bytes()[: stream_copy.stat().st_size // 3])
+
+    segmenter = VideoSegmenter(exported, "ort-cpu", batch=4, long_side=160, refine="superpixel", window=4)
+    summary = segmenter.segment(truncated, tmp_path / "out")
+    assert 3 <= summary["frames"] < 36
+    masks = np.stack([read_label_png(p) for p in sorted((tmp_path / "out" / "masks").glob("*.png"))])
+    assert len(masks) == summary["frames"] == len(decoded_frames(tmp_path / "out" / "overlay.mp4"))
+    # Graph-cut masks: one class per window, foreground on part of each frame, not all or nothing.
+    assert len(np.unique(masks)) == 2 and 0.02 < np.mean(masks > 0) < 0.98
+
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 1000)
+    with pytest.raises(InputError, match=r"junk\.mp4: not a readable video"):
+        segmenter.segment(tmp_path / "junk.mp4", tmp_path / "junk")
+
+
+def test_runtime_modules_never_import_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import wsvs.runtime.backends, wsvs.runtime.image_segmenter, wsvs.runtime.video_segmenter\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bench_times_backends_against_pytorch(exported, tmp_path):
+    config = bench.BenchConfig(backends=("pytorch-eager", "ort-cpu"), batches=(1, 2), size=64, iterations=2,
+                               warmup=1)
+    results = bench.benchmark(exported, config)
+    rows = {(r["backend"], r["batch"]): r for r in results["results"]}
+    assert set(rows) == {("pytorch-eager", 1), ("ort-cpu", 1), ("pytorch-eager", 2), ("ort-cpu", 2)}
+    for (_, batch), row in rows.items():
+        assert row["labels_equal_to_first"] >= 0.999  # ONNX Runtime labels PyTorch's pixels the same
+        assert 0 < row["p50_ms"] <= row["p95_ms"]
+        assert row["images_per_s"] > 0
+        assert row["vs_eager"] == pytest.approx(row["images_per_s"] / rows[("pytorch-eager", batch)]["images_per_s"])
+    paths = bench.write_results(results, tmp_path)
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"] and all(p.stat().st_size > 0 for p in paths)
+    assert paths[0].name.startswith("runtime_") and "_ort" in paths[0].name
+    assert "| ort-cpu | 2 |" in paths[1].read_text()
+    with pytest.raises(InputError, match="TensorRT engine not found"):
+        bench.benchmark(exported, bench.BenchConfig(backends=("tensorrt",), iterations=1))
+
+
+@pytest.mark.gpu
+def test_gpu_backends_match_onnxruntime_cpu(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no ONNX Runtime CUDA provider here (needs onnxruntime-gpu and an NVIDIA GPU)")
+    images = verify.synthetic_images(2, 97, 131, seed=3)
+    cpu = ImageSegmenter(exported, "ort-cpu").segment(list(images))
+    gpu = ImageSegmenter(exported, "ort-cuda").segment(list(images))
+    for a, b in zip(cpu, gpu):
+        assert np.mean(a.labels == b.labels) >= 0.999

@@ -1,0 +1,265 @@
+"""`wsvs bench`: latency and throughput of the end-to-end segmenter per backend, PyTorch eager as the baseline.
+
+Every backend runs the same normalised batches (smooth synthetic images, ``size`` x ``size``) after
+``warmup`` calls; each of ``iterations`` calls is timed. Results: p50/p95 latency per call, throughput in
+images/s, the ratio to PyTorch eager at the same batch, and the fraction of labels equal to PyTorch's (a
+backend that is fast but wrong shows here). Files are named by device and versions:
+``<out>/runtime_<device>_<versions>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsvs.runtime.backends import BACKENDS, cuda_device_name, graph_file, open_backend
+from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.errors import InputError
+from wsvs.runtime.io import atomic_path, write_json
+
+EAGER = "pytorch-eager"
+
+
+@dataclass
+class BenchConfig:
+    """`wsvs bench`: what to run and how many times."""
+
+    backends: tuple[str, ...] = ("all",)  # "all": PyTorch eager and every backend that loads here
+    batches: tuple[int, ...] = (1, 8)
+    size: int = 320  # square input side
+    iterations: int = 20
+    warmup: int = 3
+    threads: int = 0  # intra-op threads for ORT and PyTorch; 0: the library's default (all cores)
+
+
+def device_name() -> str:
+    """The GPU's name when there is one, else the CPU model and core count."""
+    try:
+        return cuda_device_name()
+    except InputError:
+        pass
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        model = found.group(1).strip() if found else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    from wsvs.runtime import __version__
+
+    found = {"wsvs": __version__, "python": platform.python_version(), "numpy": np.__version__,
+             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+    try:
+        import tensorrt
+
+        found["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    return found
+
+
+def time_calls(run: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
+    """Seconds of each of ``iterations`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    seconds = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return np.array(seconds)
+
+
+def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The checkpoint's segmenter in PyTorch eager mode (the module the ONNX graph was traced from): labels."""
+    import torch
+
+    from wsvs.export.wrappers import SegmenterGraph
+    from wsvs.training.checkpoint import load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, meta = load_checkpoint(model_dir)
+    graph = SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold, top_k).eval()
+
+    def run(inputs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return graph(torch.from_numpy(inputs))[3].numpy()
+
+    return run
+
+
+def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, Callable], dict[str, str]]:
+    """(labels function by name, why each skipped backend was skipped). Names given explicitly must load;
+    "all" skips what does not load here."""
+    everything = "all" in names
+    wanted = [EAGER, *BACKENDS] if everything else names
+    unknown = set(wanted) - {EAGER, *BACKENDS}
+    if unknown:
+        raise InputError(None, f"unknown backend {sorted(unknown)[0]!r} (choose all, {EAGER}, {', '.join(BACKENDS)})")
+    segmenter = graph_file(model_dir, "segmenter", ".onnx")
+    if not segmenter.is_file():
+        raise InputError(segmenter, f"not found: export the checkpoint first (wsvs-export {model_dir})")
+    loaded: dict[str, Callable] = {}
+    skipped: dict[str, str] = {}
+    for name in wanted:
+        try:
+            if name == EAGER:
+                top_k = int(open_backend(model_dir, "segmenter", "ort-cpu").metadata["top_k"])
+                loaded[name] = eager_segmenter(model_dir, top_k, threads)
+            else:
+                backend = open_backend(model_dir, "segmenter", name, threads)
+                loaded[name] = lambda inputs, backend=backend: backend.run(inputs)["labels"]
+        except InputError as exc:
+            if not everything:
+                raise
+            skipped[name] = str(exc)
+    return loaded, skipped
+
+
+def benchmark(model_dir: Path, config: BenchConfig) -> dict:
+    """Run every backend at every batch; the results as a JSON-ready dict."""
+    from tqdm import tqdm
+
+    from wsvs.export.verify import synthetic_images
+    from wsvs.runtime.preprocess import normalise
+
+    if min(config.batches, default=0) < 1 or config.size < 32 or config.iterations < 1 or config.warmup < 0:
+        raise InputError(None, "batches must be >= 1, size >= 32, iterations >= 1 and warmup >= 0")
+    loaded, skipped = runners(model_dir, list(config.backends), config.threads)
+    metadata = open_backend(model_dir, "segmenter", "ort-cpu").metadata
+    rows = []
+    for batch in config.batches:
+        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), json.loads(metadata["mean"]),
+                           json.loads(metadata["std"]))
+        reference = None
+        for name, run in tqdm(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
+            labels = run(inputs)
+            reference = labels if reference is None else reference
+            seconds = time_calls(lambda run=run, inputs=inputs: run(inputs), config.iterations, config.warmup)
+            rows.append({"backend": name, "batch": batch, "p50_ms": 1e3 * float(np.percentile(seconds, 50)),
+                         "p95_ms": 1e3 * float(np.percentile(seconds, 95)),
+                         "images_per_s": batch / float(seconds.mean()),
+                         "labels_equal_to_first": float(np.mean(labels == reference))})
+    for row in rows:
+        base = next((r for r in rows if r["backend"] == EAGER and r["batch"] == row["batch"]), None)
+        row["vs_eager"] = row["images_per_s"] / base["images_per_s"] if base else None
+    return {"device": device_name(), "versions": versions(), "model": str(model_dir),
+            "architecture": metadata.get("architecture"), "graph_precision": metadata.get("precision"),
+            "config": dump_config(config), "first_backend": next(iter(loaded)), "skipped": skipped, "results": rows}
+
+
+def results_stem(results: dict) -> str:
+    """``runtime_<device>_<versions>``, lower-case, with only [a-z0-9.-] between underscores."""
+    versions = results["versions"]
+    parts = [results["device"], f"ort{versions['onnxruntime']}", f"torch{versions['torch']}"]
+    if "tensorrt" in versions:
+        parts.append(f"trt{versions['tensorrt']}")
+    slug = "_".join(re.sub(r"[^a-z0-9.]+", "-", p.lower()).strip("-") for p in parts)
+    return f"runtime_{slug}"
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"Device: {results['device']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+             f"Input: {results['config']['size']}x{results['config']['size']}, {results['graph_precision']} graph; "
+             f"{results['config']['iterations']} timed calls after {results['config']['warmup']} warm-up calls", "",
+             f"| backend | batch | p50 ms | p95 ms | images/s | vs {EAGER} | labels = {results['first_backend']} |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in results["results"]:
+        ratio = "" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"
+        lines.append(f"| {row['backend']} | {row['batch']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                     f"{row['images_per_s']:.1f} | {ratio} | {100 * row['labels_equal_to_first']:.2f}% |")
+    if results["skipped"]:
+        lines += ["", *(f"Skipped {name}: {why}" for name, why in results["skipped"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot_throughput(results: dict, path: Path) -> None:
+    """Grouped bars: images/s per backend, one group per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = list(dict.fromkeys(r["batch"] for r in results["results"]))
+    backends = list(dict.fromkeys(r["backend"] for r in results["results"]))
+    width = 0.8 / len(backends)
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    for k, backend in enumerate(backends):
+        values = [next(r["images_per_s"] for r in results["results"] if r["backend"] == backend and r["batch"] == b)
+                  for b in batches]
+        axes.bar(np.arange(len(batches)) + k * width, values, width, label=backend)
+    axes.set_xticks(np.arange(len(batches)) + width * (len(backends) - 1) / 2, [f"batch {b}" for b in batches])
+    axes.set_ylabel("images / s")
+    axes.set_title(f"segmenter {results['config']['size']}x{results['config']['size']}: {results['device']}",
+                   fontsize=9)
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def write_results(results: dict, out: Path) -> list[Path]:
+    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out``."""
+    stem = results_stem(results)
+    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    write_json(paths[0], results)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(markdown_table(results))
+    plot_throughput(results, paths[2])
+    return paths
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    backends = tuple(args.backend.split(",")) if args.backend else None
+    config = load_config(BenchConfig, args.config, backends=backends, batches=args.batch, size=args.size,
+                         iterations=args.iterations, warmup=args.warmup, threads=args.threads)
+    results = benchmark(args.model, config)
+    print(markdown_table(results), end="")
+    for path in write_results(results, args.out):
+        print(f"bench: wrote {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="latency and throughput of the exported segmenter per backend vs PyTorch eager",
+        description="Times the end-to-end segmenter on each backend (ONNX Runtime CPU/CUDA, TensorRT) and in "
+        "PyTorch eager mode on the same synthetic batches: p50/p95 latency, images/s, ratio to PyTorch and label "
+        "agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png (throughput plot). "
+        "Example: wsvs bench --model runs/model --backend all --batch 1,8 --size 320")
+    p.add_argument("--model", type=Path, required=True, metavar="DIR",
+                   help="checkpoint folder holding model.onnx from wsvs-export (and model.engine for TensorRT)")
+    p.add_argument("--backend", metavar="NAMES",
+                   help=f"comma-separated: all (default), {EAGER}, {', '.join(BACKENDS)}")
+    p.add_argument("--batch", type=_integers, metavar="N,N", help="batch sizes (default 1,8)")
+    p.add_argument("--size", type=int, metavar="S", help="square input side (default 320)")
+    p.add_argument("--iterations", type=int, metavar="N", help="timed calls per backend and batch (default 20)")
+    p.add_argument("--warmup", type=int, metavar="N", help="untimed calls first (default 3)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads, 0: library default (default 0)")
+    p.add_argument("--config", type=Path, metavar="YAML", help="YAML with BenchConfig fields")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR",
+                   help="output folder (default bench-results)")
+    p.set_defaults(func=run)
