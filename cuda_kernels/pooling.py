@@ -14,6 +14,8 @@ import functools
 import hashlib
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +210,19 @@ def _driver():
 
 
 def compile_kernels(arch: str) -> tuple[bytes, str]:
-    """Compile superpixel_pool.cu with NVRTC for ``arch`` (e.g. ``"sm_87"``); return the cubin and the log."""
+    """Compile superpixel_pool.cu with NVRTC for ``arch`` (e.g. ``"sm_87"``); return the cubin and the log.
+
+    NVRTC runs in a child process: once it has compiled in a process, torch.load there misreads every
+    checkpoint (measured with torch 2.13 and NVRTC 12.9), and the training stages hold torch.
+    """
+    result = subprocess.run([sys.executable, "-m", "wsvs.cuda_kernels.pooling", arch], capture_output=True)
+    log = result.stderr.decode(errors="replace").strip()
+    if result.returncode != 0:
+        raise RuntimeError(log or f"NVRTC compile for {arch} exited with {result.returncode}")
+    return result.stdout, log
+
+
+def _compile_in_this_process(arch: str) -> tuple[bytes, str]:
     nvrtc = _nvrtc()
     ok = nvrtc.nvrtcResult.NVRTC_SUCCESS
     status, program = nvrtc.nvrtcCreateProgram(SOURCE.read_bytes(), SOURCE.name.encode(), 0, [], [])
@@ -342,3 +356,12 @@ class CudaExecutor:
 def default_executor() -> CudaExecutor:
     """The first GPU, loaded at first use; RuntimeError when there is no GPU or driver."""
     return CudaExecutor(0)
+
+
+if __name__ == "__main__":  # the child of compile_kernels: cubin on stdout, log on stderr
+    try:
+        cubin, log = _compile_in_this_process(sys.argv[1])
+    except RuntimeError as error:
+        sys.exit(str(error))
+    sys.stderr.write(log)
+    sys.stdout.buffer.write(cubin)

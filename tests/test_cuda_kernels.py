@@ -32,6 +32,14 @@ def test_nvrtc_compiles_cubin_for_arch(arch: str) -> None:
     assert warnings == [], log
 
 
+def test_compiling_leaves_torch_checkpoints_readable(tmp_path) -> None:
+    # NVRTC in the caller's process made torch.load misread every file afterwards
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.arange(8.0)}, tmp_path / "state.pt")
+    pooling.compile_kernels("sm_80")
+    assert torch.equal(torch.load(tmp_path / "state.pt", weights_only=True)["w"], torch.arange(8.0))
+
+
 def test_cubin_is_cached_per_arch(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first = pooling.cached_cubin("sm_87")

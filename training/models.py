@@ -100,15 +100,10 @@ class Encoder(nn.Module):
 
 
 def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map to [0, 1], as CAM [42] does.
-
-    A plain ReLU-and-divide keeps the map's offset, which a classifier trained from scratch makes positive
-    everywhere, so the whole image would look attended.
-    """
-    flat = cams.flatten(2)
-    low = flat.amin(dim=2)[..., None, None]
-    span = (flat.amax(dim=2)[..., None, None] - low).clamp_min(1e-5)
-    return (cams - low) / span
+    """ReLU, then divide each map by its maximum so attention lies in [0, 1]."""
+    cams = F.relu(cams)
+    peak = cams.flatten(2).amax(dim=2).clamp_min(1e-5)
+    return cams / peak[..., None, None]
 
 
 def multiscale_attention(encoder: Encoder, images: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
