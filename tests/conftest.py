@@ -30,7 +30,7 @@ TEST_WORLD = {
     "misleading_per_class": 1,
     "video_frames": (24, 30),
 }
-TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 4}
+TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 4, "lse_sharpness": 2.0}
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,26 @@ def encoder_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from wsvs.training.train_encoder import TrainEncoderConfig, train_encoder
 
     return train_encoder(world_dir / "images", tmp_path_factory.mktemp("encoder"), TrainEncoderConfig(**TEST_ENCODER))
+
+
+@pytest.fixture(scope="session")
+def video_masks(world_dir: Path, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`wsvs segment-videos` masks of every web video of the small world."""
+    from wsvs.training.cli import main
+
+    out = tmp_path_factory.mktemp("video_masks")
+    assert main(["segment-videos", "--videos", str(world_dir / "web"), "--model", str(encoder_dir),
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def decoder_dir(world_dir: Path, encoder_dir: Path, video_masks: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full checkpoint: the encoder and a decoder trained on the video masks (§3.3)."""
+    from wsvs.training.cli import main
+
+    out = tmp_path_factory.mktemp("decoder")
+    assert main(["train-decoder", "--model", str(encoder_dir), "--videos", str(world_dir / "web"),
+                 "--masks", str(video_masks), "--out", str(out), "--epochs", "6"]) == 0
+    return out

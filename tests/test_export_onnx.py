@@ -283,19 +283,15 @@ def test_shape_flags():
         ShapeProfile((1, 1, 128, 128), (1, 1, 321, 321), (1, 1, 512, 512))
 
 
-def test_trained_model_miou_survives_export(request, tmp_path):
-    """mmdeploy-style regression: each precision's mIoU on synthetic val images stays near PyTorch's."""
-    try:
-        model_dir = request.getfixturevalue("trained_model_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the trained_model_dir fixture (a trained checkpoint)")
-    from wsvs.training.world import WorldConfig, plan_images, render_image
+def test_trained_model_miou_survives_export(decoder_dir, world_dir, tmp_path):
+    """mmdeploy-style regression on the small world's val images with the video-trained checkpoint: fp32 ONNX
+    keeps PyTorch's mIoU, fp16 stays within 0.5 points of fp32 and int8 Q/DQ within 2 points."""
+    from wsvs.training.voc import VOCDataset
 
-    model, meta = load_checkpoint(model_dir)
-    world = WorldConfig(classes=tuple(meta.class_names))
-    samples = [render_image(world, plan) for plan in plan_images(world) if plan.split == "val"][:24]
-    images = normalise(np.stack([s.image for s in samples]), meta.mean, meta.std)
-    truth = np.stack([s.labels for s in samples])
+    model, meta = load_checkpoint(decoder_dir)
+    val = VOCDataset(world_dir / "images", "val", class_names=meta.class_names)
+    images = normalise(np.stack([val.image(i) for i in range(len(val))]), meta.mean, meta.std)
+    truth = np.stack([val.mask(i) for i in range(len(val))])
     graphs = onnx_export.GraphPaths.beside(tmp_path / "model.onnx")
     onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
     fp16, int8 = tmp_path / "model.fp16.onnx", tmp_path / "model.int8.onnx"
@@ -308,7 +304,13 @@ def test_trained_model_miou_survives_export(request, tmp_path):
             matrix.update(pred, gt)
         return matrix.miou()
 
+    def onnx_miou(path: Path) -> float:
+        run = verify.onnxruntime_runner(path)
+        return miou(np.concatenate([run(images[i:i + 4])[3] for i in range(0, len(images), 4)]))
+
     reference = miou(verify.reference_segmentation(model, meta, torch.from_numpy(images), TOP_K)[3].numpy())
-    for path, drop in ((graphs.segmenter, 0.005), (fp16, 0.01), (int8, 0.03)):
-        labels = np.concatenate([verify.onnxruntime_runner(path)(images[i:i + 4])[3] for i in range(0, len(images), 4)])
-        assert miou(labels) >= reference - drop, path.name
+    fp32_miou = onnx_miou(graphs.segmenter)
+    assert reference > 0.15  # a model that segments, so the comparison means something
+    assert abs(fp32_miou - reference) <= 1e-3
+    assert abs(onnx_miou(fp16) - fp32_miou) <= 0.005
+    assert abs(onnx_miou(int8) - fp32_miou) <= 0.02

@@ -246,20 +246,21 @@ def test_two_workers_give_byte_identical_results(mp4_videos: Path, tmp_path: Pat
 
 
 def test_attention_path_on_world_videos(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
-    """Three web videos of one class of the synthetic world (two relevant, one misleading): the recorded scores
+    """Three web videos of each class of the synthetic world (two relevant, one misleading): the recorded scores
     are the encoder's, the intervals follow them, and relevance filtering + attention beat motion + appearance
     alone against the ground truth (empty in misleading videos and in irrelevant stretches)."""
     from wsvs.training.cam import FrameAttention
     from wsvs.training.segment_videos import iter_frames
 
     listing = read_json(world_dir / "web" / "listing.json")
-    class_name = sorted(listing)[0]
-    entries = [e for e in listing[class_name] if e["relevant"]][:2] + [
-        e for e in listing[class_name] if not e["relevant"]][:1]
     videos = tmp_path / "web"
-    for entry in entries:
-        (videos / class_name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(world_dir / "web" / entry["video"], videos / class_name)
+    chosen = {}  # class -> (two relevant entries, one misleading)
+    for class_name in sorted(listing):
+        relevant = [e for e in listing[class_name] if e["relevant"]][:2]
+        chosen[class_name] = relevant + [e for e in listing[class_name] if not e["relevant"]][:1]
+        for entry in chosen[class_name]:
+            (videos / class_name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(world_dir / "web" / entry["video"], videos / class_name)
     cam_out, plain_out = tmp_path / "cam", tmp_path / "plain"
     assert main(["segment-videos", "--videos", str(videos), "--out", str(cam_out), "--model", str(encoder_dir)]) == 0
     assert main(["segment-videos", "--videos", str(videos), "--out", str(plain_out), "--attention", "none"]) == 0
@@ -269,16 +270,18 @@ def test_attention_path_on_world_videos(world_dir: Path, encoder_dir: Path, tmp_
     masked_fraction = {}
     for source in find_videos(videos):
         record = read_json(cam_out / f"{source.video_id}.json")
-        expected = model.scores(np.stack(list(iter_frames(source))))[:, model.class_names.index(class_name)]
+        class_index = model.class_names.index(record["class"])
+        expected = model.scores(np.stack(list(iter_frames(source))))[:, class_index]
         np.testing.assert_allclose(record["scores"], expected, atol=1e-5)
         flags = np.asarray(record["scores"]) > config.threshold
         assert record["intervals"] == [list(i) for i in relevant_intervals(flags, 5, config.max_interval)]
         masked_fraction[source.video_id] = record["masked_frames"] / record["frames"]
-    relevant, misleading = entries[:2], entries[2]
-    assert min(masked_fraction[e["id"]] for e in relevant) > masked_fraction[misleading["id"]]
+    for relevant_0, relevant_1, misleading in chosen.values():
+        assert min(masked_fraction[relevant_0["id"]], masked_fraction[relevant_1["id"]]) > \
+            masked_fraction[misleading["id"]]
 
     ground_truth = world_dir / "davis"
-    ids = [entry["id"] for entry in entries]
+    ids = [entry["id"] for entries in chosen.values() for entry in entries]
     cam_iou = np.mean([evaluate_videos(cam_out, ground_truth)["per_video"][i]["iou"] for i in ids])
     plain_iou = np.mean([evaluate_videos(plain_out, ground_truth)["per_video"][i]["iou"] for i in ids])
     assert cam_iou > plain_iou + 0.1

@@ -6,6 +6,7 @@ metadata records, so a checkpoint can be rebuilt without pickled code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,12 @@ class ArchConfig:
     extra_channels: int = 1024  # the new conv layer after conv5_3, before width scaling
     decoder_channels: int = 64  # before width scaling
     decoder_depth: int = 3  # pool/unpool stages of the deconvolution network
+    # Spatial pooling of the class evidence: 0 is global average pooling (the paper's); r > 0 is log-sum-exp
+    # pooling, (1/r) log mean exp(r * CAM), between average (r -> 0) and max (r -> inf). Trained from scratch
+    # on small images, a GAP encoder spreads its evidence over the whole frame (measured on the synthetic
+    # world: CAM baseline 7 mIoU with GAP, 20 with r = 1), since nothing rewards locality when every position
+    # sees the whole image.
+    lse_sharpness: float = 0.0
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -85,6 +92,7 @@ class Encoder(nn.Module):
         self.extra = nn.Sequential(nn.Conv2d(feat, extra, 3, padding=1),
                                    *([nn.BatchNorm2d(extra)] if arch.batch_norm else []), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(extra, arch.num_classes)
+        self.lse_sharpness = arch.lse_sharpness
         init_weights(self)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
@@ -94,9 +102,12 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits (N, C) and CAMs alpha^c = F(x) W y^c for every class (N, C, h, w), Eq. 2."""
         features = self.feature_map(images)
-        logits = self.classifier(features.mean(dim=(2, 3)))
         cams = torch.einsum("ndhw,cd->nchw", features, self.classifier.weight)
-        return logits, cams
+        if self.lse_sharpness == 0:
+            return self.classifier(features.mean(dim=(2, 3))), cams
+        r, flat = self.lse_sharpness, cams.flatten(2)
+        pooled = (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
+        return pooled + self.classifier.bias, cams
 
 
 def normalise_cams(cams: torch.Tensor) -> torch.Tensor:

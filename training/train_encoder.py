@@ -38,6 +38,7 @@ class TrainEncoderConfig:
     scale_jitter: tuple[float, ...] = (1.0, 1.0)
     attention_scales: tuple[float, ...] = (0.75, 1.0, 1.5)
     class_threshold: float = 0.5
+    lse_sharpness: float = 0.0  # class-evidence pooling: 0 = GAP (the paper's), r > 0 = log-sum-exp (see ArchConfig)
     backbone_weights: Path | None = None  # torchvision-format VGG-16 ImageNet weights (width 1 only)
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
@@ -117,7 +118,8 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
     val_set = VOCDataset(data, config.val_split, class_names=train_set.class_names)
     labels = train_set.label_matrix()
     torch.manual_seed(config.seed)
-    arch = ArchConfig(num_classes=len(train_set.class_names), width=config.width, batch_norm=config.batch_norm)
+    arch = ArchConfig(num_classes=len(train_set.class_names), width=config.width, batch_norm=config.batch_norm,
+                      lse_sharpness=config.lse_sharpness)
     meta = ModelMetadata(class_names=list(train_set.class_names), arch=arch, input_size=config.input_size,
                          scales=config.attention_scales, class_threshold=config.class_threshold)
     model = ARCHITECTURES[meta.architecture](arch)
@@ -196,6 +198,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, default=None, help="channel multiplier (1 = VGG-16, the paper)")
     p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction, default=None,
                    help="VGG-16-BN layout (train from scratch); plain VGG-16 is the paper's")
+    p.add_argument("--lse-sharpness", dest="lse_sharpness", type=float, default=None,
+                   help="log-sum-exp pooling sharpness r (0 = global average pooling, the paper's)")
     p.add_argument("--input-size", dest="input_size", type=int, default=None, help="training crop side")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
