@@ -13,12 +13,12 @@ import av
 import cv2
 import numpy as np
 import pytest
-from webserver import LoopbackServer
 
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows, window_times
 from wsvs.training import crawl as crawl_module
 from wsvs.training.crawl import CrawlConfig, crawl, read_manifest
+from wsvs.training.loopback import LoopbackServer, serve_world_videos
 
 CLIPS = ("realshort", "bikes", "cockatoo", "carphone_pristine", "bigbuckbunny")
 RELEVANT = ("realshort", "bikes", "cockatoo")  # the others get a thumbnail the scorer rejects
@@ -328,13 +328,7 @@ def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
     web = world / "web"
     listing = json.loads((web / "listing.json").read_text())
     with LoopbackServer() as server:
-        pages: dict[str, list[str]] = {}
-        for class_name, videos in listing.items():
-            for v in videos:
-                server.add(f"/v/{v['id']}.mp4", web / v["video"], "video/mp4")
-                server.add(f"/t/{v['id']}.jpg", web / v["thumbnail"], "image/jpeg")
-                pages.setdefault(class_name, []).append(server.add_video_page(
-                    f"/p/{v['id']}.html", v["title"], f"/v/{v['id']}.mp4", f"/t/{v['id']}.jpg"))
+        pages = serve_world_videos(server, web)
         config = CrawlConfig(classes=tuple(listing), out=tmp_path / "out", source="pages",
                              pages=write_pages(tmp_path / "pages.json", pages), window=1.0, timeout_s=5.0)
         summary = crawl(config, attention.scores, attention.class_names)

@@ -20,30 +20,42 @@ def test_presets_load() -> None:
     assert (encoder.width, encoder.input_size, encoder.batch_size, encoder.lr) == (1.0, 321, 14, 1e-3)
 
 
-def test_stages_are_cached_and_rerun_on_change(world_dir: Path, tmp_path: Path, capsys) -> None:
+STAGES = ("world", "encoder", "eval_cam", "crawl", "segment_videos", "decoder", "adapt", "evaluate")
+
+
+def test_stages_are_cached_and_rerun_on_change(tmp_path: Path, capsys) -> None:
+    """The whole chain on a tiny world (its videos crawled from 127.0.0.1), then cached, then partly rerun."""
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump({
-        "data": str(world_dir / "images"),
-        "encoder": {"width": 0.125, "batch_norm": True, "input_size": 96, "epochs": 1},
+        "world": {"classes": ["ant", "bee"], "image_size": 64, "train_images": 40, "val_images": 8,
+                  "videos_per_class": 2, "misleading_per_class": 1, "video_frames": [20, 20]},
+        "encoder": {"width": 0.125, "batch_norm": True, "input_size": 64, "epochs": 1},
         "eval_cam": {"split": "val", "cam_threshold": 0.3},
+        "crawl": {"threshold": 0.0, "window": 1.0},  # an encoder of one epoch: let every video through
+        "segment_videos": {"threshold": 0.0},
+        "decoder": {"epochs": 1},
+        "adapt": {"epochs": 1, "min_foreground": 0.0},
     }))
     out = tmp_path / "run"
     report = run_pipeline(load_config(PipelineConfig, config_file), out)
-    assert set(report["miou"]) == {"cam_baseline"} and 0 <= report["miou"]["cam_baseline"] <= 1
-    first = {stage: json.loads((out / stage / "stage.json").read_text()) for stage in ("encoder", "eval_cam")}
-    weights_mtime = (out / "encoder" / "model.safetensors").stat().st_mtime_ns
-    assert (out / "report.md").read_text().count("![") >= 1  # overlays are linked from the report
+    assert set(report["miou"]) == {"cam_baseline", "decoder", "adapted"}
+    assert all(0 <= value <= 1 for value in report["miou"].values())
+    assert report["crawl"]["ant"]["listed"] == 2 and report["decoder_frames"]["used"] > 0
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    first = {stage: json.loads((out / stage / "stage.json").read_text()) for stage in STAGES}
+    weights_mtime = (out / "decoder" / "model.safetensors").stat().st_mtime_ns
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("![") >= 3 and "+ domain adaptation" in markdown  # overlays and Table 1
 
     capsys.readouterr()
     run_pipeline(load_config(PipelineConfig, config_file), out)
-    assert capsys.readouterr().out.count("up to date, skipped") == 2
-    assert (out / "encoder" / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    assert capsys.readouterr().out.count("up to date, skipped") == len(STAGES)
+    assert (out / "decoder" / "model.safetensors").stat().st_mtime_ns == weights_mtime
 
     changed = load_config(PipelineConfig, config_file)
-    changed.eval_cam.cam_threshold = 0.5
+    changed.adapt.lr = 1e-5
     run_pipeline(changed, out)
     printed = capsys.readouterr().out
-    assert "[encoder] up to date, skipped" in printed and "[eval_cam] running" in printed
-    second = json.loads((out / "eval_cam" / "stage.json").read_text())
-    assert second["key"] != first["eval_cam"]["key"]
-    assert second["result"]["cam_threshold"] == 0.5
+    assert "[decoder] up to date, skipped" in printed and "[adapt] running" in printed
+    assert "[evaluate] running" in printed and "[eval_cam] up to date, skipped" in printed
+    assert json.loads((out / "adapt" / "stage.json").read_text())["key"] != first["adapt"]["key"]

@@ -1,7 +1,11 @@
 """`wsvs train` and `wsvs demo`: every stage in order, each cached and skipped when its inputs are unchanged.
 
+Stages: world (only without ``data``) -> encoder (§3.1) -> eval_cam (the CAM baseline) -> crawl (§4) ->
+segment_videos (§3.2) -> decoder (§3.3) -> adapt (§5.2.1) -> evaluate (§5, Table 1 and 2).
+
 A stage's outputs live in ``<out>/<stage>/``; ``stage.json`` is written last and records a fingerprint of the
 stage's config and of the stages it reads from, so a rerun skips finished stages and a killed stage resumes.
+Without ``data`` the synthetic world is generated and its web videos are served on 127.0.0.1 for the crawl.
 """
 
 from __future__ import annotations
@@ -20,22 +24,38 @@ from typing import Any
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.io import read_json, write_json
 
+from .adapt import AdaptConfig
 from .cam import EvalCamConfig
+from .crawl import CrawlConfig
+from .evaluate import EvaluateConfig
+from .segment_videos import SegmentVideosConfig
+from .train_decoder import TrainDecoderConfig
 from .train_encoder import TrainEncoderConfig
 from .world import WorldConfig
 
 STAGE_FILE = "stage.json"
 PRESETS = ("demo", "paper")
+OVERLAY_IMAGES = 4  # val images shown in the report
 
 
 @dataclass
 class PipelineConfig:
-    """The whole pipeline. ``data`` is a VOC-layout image set; without it the synthetic world is generated."""
+    """The whole pipeline. ``data`` is a VOC-layout image set; without it the synthetic world is generated.
+
+    The crawl's classes default to all of the encoder's; with ``data`` its source is the config's (YouTube by
+    default), without it the world's pages on 127.0.0.1.
+    """
 
     data: Path | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
     encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
     eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    segment_videos: SegmentVideosConfig = field(default_factory=SegmentVideosConfig)
+    video_workers: int = 2  # processes of segment_videos
+    decoder: TrainDecoderConfig = field(default_factory=TrainDecoderConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def preset_path(name: str) -> Path:
@@ -72,63 +92,157 @@ def run_stage(out: Path, name: str, inputs: dict[str, Any], work: Callable[[Path
 
 def run_pipeline(config: PipelineConfig, out: Path) -> dict:
     """Every stage in order; returns the report dict (also written to ``<out>/report.json``)."""
-    from .cam import evaluate_cam, write_cam_overlays
+    import dataclasses
+
+    from .adapt import adapt
+    from .cam import FrameAttention, evaluate_cam, write_cam_overlays
+    from .crawl import crawl
+    from .evaluate import evaluate_model
+    from .loopback import LoopbackServer, serve_world_videos
+    from .segment import segment_files
+    from .segment_videos import segment_videos
+    from .train_decoder import train_decoder
     from .train_encoder import train_encoder
     from .voc import VOCDataset
     from .world import generate_world
 
+    world_path: Path | None = None
     if config.data is None:
         world = run_stage(out, "world", {"world": dump_config(config.world)},
                           lambda folder: {"path": str(generate_world(config.world, folder))})
-        data, data_key = Path(world["result"]["path"]) / "images", world["key"]
+        world_path = Path(world["result"]["path"])
+        data, data_key = world_path / "images", world["key"]
     else:
         data, data_key = config.data, str(config.data.resolve())
+    val = VOCDataset(data, config.evaluate.split)
+    shown = [data / "JPEGImages" / f"{image_id}.jpg" for image_id in val.ids[:OVERLAY_IMAGES]]
 
     encoder = run_stage(
         out, "encoder", {"data": data_key, "encoder": dump_config(config.encoder)},
         lambda folder: {"history": read_json(train_encoder(data, folder, config.encoder, resume=True) /
                                              "model.json")["extra"]["encoder_training"]["history"]})
-    model_dir = out / "encoder"
+    encoder_dir = out / "encoder"
 
     def eval_cam(folder: Path) -> dict:
-        result = evaluate_cam(model_dir, data, config.eval_cam, folder)
-        val = VOCDataset(data, config.eval_cam.split)
-        images = [data / "JPEGImages" / f"{image_id}.jpg" for image_id in val.ids[:4]]
-        write_cam_overlays(model_dir, images, folder / "overlays")
+        result = evaluate_cam(encoder_dir, data, config.eval_cam, folder)
+        write_cam_overlays(encoder_dir, shown, folder / "overlays")
         return result
 
     cam = run_stage(out, "eval_cam", {"encoder": encoder["key"], "eval_cam": dump_config(config.eval_cam)},
                     eval_cam)
+
+    def crawl_videos(folder: Path) -> dict:
+        attention = FrameAttention.load(encoder_dir)
+        settings = dataclasses.replace(config.crawl, classes=config.crawl.classes or tuple(attention.class_names),
+                                       model=encoder_dir, out=folder)
+        if world_path is None:
+            return {"summary": crawl(settings, attention.scores, attention.class_names)}
+        with LoopbackServer() as server:  # the world's "web": its videos as pages on 127.0.0.1
+            pages = serve_world_videos(server, world_path / "web")
+            write_json(folder / "pages.json", pages)
+            settings = dataclasses.replace(settings, source="pages", pages=folder / "pages.json")
+            return {"summary": crawl(settings, attention.scores, attention.class_names)}
+
+    crawled = run_stage(out, "crawl", {"encoder": encoder["key"], "world": data_key,
+                                       "crawl": dump_config(config.crawl)}, crawl_videos)
+    clips = out / "crawl" / "clips"
+    segmented = run_stage(
+        out, "segment_videos", {"crawl": crawled["key"], "config": dump_config(config.segment_videos)},
+        lambda folder: segment_videos(clips, folder, config.segment_videos, encoder_dir, config.video_workers))
+
+    def decoder(folder: Path) -> dict:
+        _, counts = train_decoder(encoder_dir, clips, out / "segment_videos", folder, config.decoder, resume=True)
+        return {"frames": counts}
+
+    decoded = run_stage(out, "decoder", {"masks": segmented["key"], "decoder": dump_config(config.decoder)},
+                        decoder)
+
+    def adaptation(folder: Path) -> dict:
+        _, counts = adapt(out / "decoder", data, folder, config.adapt, resume=True)
+        return {"pairs": counts}
+
+    adapted = run_stage(out, "adapt", {"decoder": decoded["key"], "data": data_key,
+                                       "adapt": dump_config(config.adapt)}, adaptation)
+
+    def evaluate(folder: Path) -> dict:
+        results = {}
+        for name in ("decoder", "adapt"):
+            results[name] = evaluate_model(out / name, data, config.evaluate)
+            segment_files(out / name, shown, folder / "overlays" / name)
+        return results
+
+    scores = run_stage(out, "evaluate", {"decoder": decoded["key"], "adapt": adapted["key"],
+                                         "evaluate": dump_config(config.evaluate)}, evaluate)
+    decoder_eval, adapted_eval = scores["result"]["decoder"], scores["result"]["adapt"]
     report = {
         "encoder_map": encoder["result"]["history"][-1]["map"],
         "cam_recall": cam["result"]["cam_recall"],
-        "miou": {"cam_baseline": cam["result"]["miou"]},
-        "tables": {"cam_baseline": cam["result"]["table"]},
+        "miou": {"cam_baseline": cam["result"]["miou"], "decoder": decoder_eval["miou"],
+                 "adapted": adapted_eval["miou"]},
+        "tables": {"cam_baseline": cam["result"]["table"], "decoder": decoder_eval["table"],
+                   "adapted": adapted_eval["table"]},
+        "crawl": crawled["result"]["summary"],
+        "segment_videos": {k: v for k, v in segmented["result"].items() if k != "failures"},
+        "decoder_frames": decoded["result"]["frames"],
+        "adaptation_pairs": adapted["result"]["pairs"],
     }
     write_json(out / "report.json", report)
-    write_report_markdown(out, report, cam["result"]["table_text"])
+    write_report_markdown(out, report)
     return report
 
 
-def write_report_markdown(out: Path, report: dict, table_text: str) -> Path:
-    """A human-readable report beside report.json, with the overlays inlined."""
-    overlays = sorted((out / "eval_cam" / "overlays").glob("*.png"))
+def write_report_markdown(out: Path, report: dict) -> Path:
+    """A human-readable report beside report.json: Table 1 in miniature, per-class IoU, overlays."""
+    from wsvs.runtime.metrics import format_iou_table
+
+    names = report["tables"]["cam_baseline"]["classes"][1:]
+    rows = {}
+    for key in ("cam_baseline", "decoder", "adapted"):
+        table = report["tables"][key]
+        rows.update({method: [float("nan") if v is None else v for v in row["per_class"].values()]
+                     for method, row in table["rows"].items()})
+    miou = report["miou"]
+    crawl_rows = [f"| {c} | {r['listed']} | {r['passed_thumbnail']} | {r['downloaded']} | {r['kept']} | "
+                  f"{r['keyframes']} | {r['clip_frames']} |" for c, r in report["crawl"].items()]
+
+    def images(folder: Path) -> list[str]:
+        return [f"![{p.stem}]({p.relative_to(out)})" for p in sorted(folder.glob("*")) if p.suffix in (".png", ".jpg")
+                and not p.stem.endswith("_cam_labels")]
+
     lines = [
         "# wsvs report",
         "",
         f"- encoder val mAP: {report['encoder_map']:.3f}",
-        f"- CAM baseline mIoU: {100 * report['miou']['cam_baseline']:.1f}",
         f"- CAM recall of object pixels: {100 * report['cam_recall']:.1f}%",
+        "",
+        "## Table 1 in miniature (val mIoU)",
+        "",
+        "| method | mIoU |",
+        "|---|---|",
+        f"| CAM baseline (threshold the attention) | {100 * miou['cam_baseline']:.1f} |",
+        f"| decoder trained on video masks | {100 * miou['decoder']:.1f} |",
+        f"| + domain adaptation | {100 * miou['adapted']:.1f} |",
         "",
         "## Per-class IoU (paper's Table 2 layout)",
         "",
         "```",
-        table_text,
+        format_iou_table(rows, names),
         "```",
+        "",
+        "## Crawl (§4)",
+        "",
+        "| class | listed | passed thumbnail | downloaded | kept | key-frames | clip frames |",
+        "|---|---|---|---|---|---|---|",
+        *crawl_rows,
         "",
         "## CAM overlays",
         "",
-        *(f"![{p.stem}]({p.relative_to(out)})" for p in overlays),
+        *images(out / "eval_cam" / "overlays"),
+        "",
+        "## Segmentation overlays: decoder, then + domain adaptation",
+        "",
+        *images(out / "evaluate" / "overlays" / "decoder"),
+        *images(out / "evaluate" / "overlays" / "adapt"),
         "",
     ]
     path = out / "report.md"
@@ -140,8 +254,10 @@ def run_train(args: argparse.Namespace) -> int:
     config_file = preset_path(args.preset) if args.preset else args.config
     config = load_config(PipelineConfig, config_file, data=args.data)
     report = run_pipeline(config, args.out)
+    miou = report["miou"]
+    print(f"mIoU: CAM baseline {100 * miou['cam_baseline']:.1f}, decoder {100 * miou['decoder']:.1f}, "
+          f"+ adaptation {100 * miou['adapted']:.1f}")
     print(f"report: {args.out / 'report.md'}  (json: {args.out / 'report.json'})")
-    print(f"CAM baseline mIoU {100 * report['miou']['cam_baseline']:.1f}")
     return 0
 
 

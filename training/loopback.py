@@ -1,8 +1,10 @@
-"""A tiny HTTP server on 127.0.0.1 for tests: in-memory routes, a request log and stalling routes."""
+"""A small HTTP server on 127.0.0.1: serves the synthetic world's videos as web pages for the crawl (the demo
+and the tests), with a request log and, for failure tests, routes that stall."""
 
 from __future__ import annotations
 
 import html
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -95,3 +97,17 @@ class LoopbackServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+def serve_world_videos(server: LoopbackServer, web: Path) -> dict[str, list[str]]:
+    """Serve every video of a world's ``web/`` folder (``listing.json``) as a page with its video and thumbnail;
+    return the page URLs per class, the input of ``wsvs crawl --source pages``."""
+    listing = json.loads((web / "listing.json").read_text())
+    pages: dict[str, list[str]] = {}
+    for class_name, videos in listing.items():
+        for v in videos:
+            server.add(f"/v/{v['id']}.mp4", web / v["video"], "video/mp4")
+            server.add(f"/t/{v['id']}.jpg", web / v["thumbnail"], "image/jpeg")
+            pages.setdefault(class_name, []).append(server.add_video_page(
+                f"/p/{v['id']}.html", v["title"], f"/v/{v['id']}.mp4", f"/t/{v['id']}.jpg"))
+    return pages
