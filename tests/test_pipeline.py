@@ -59,3 +59,13 @@ def test_stages_are_cached_and_rerun_on_change(tmp_path: Path, capsys) -> None:
     assert "[decoder] up to date, skipped" in printed and "[adapt] running" in printed
     assert "[evaluate] running" in printed and "[eval_cam] up to date, skipped" in printed
     assert json.loads((out / "adapt" / "stage.json").read_text())["key"] != first["adapt"]["key"]
+
+
+def test_train_and_demo_are_subcommands() -> None:
+    from wsvs.training.cli import build_parser
+    from wsvs.training.pipeline import run_train
+
+    demo = build_parser().parse_args(["demo", "--out", "runs/demo"])
+    assert demo.func is run_train and demo.preset == "demo"
+    train = build_parser().parse_args(["train", "--preset", "paper", "--out", "runs/paper", "--data", "VOC2012"])
+    assert train.func is run_train and train.data == Path("VOC2012")

@@ -27,6 +27,7 @@ STAGES = [
     "adapt",
     "evaluate",
     "bench",
+    "pipeline",
 ]
 
 

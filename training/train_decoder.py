@@ -27,6 +27,8 @@ from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, read_json, read_label_png, write_json
 
+from .distributed import join, resolve_device
+
 STATE_FILE = "train_state.pt"
 CACHE_DIR = "attention"
 SCORE_BATCH = 32  # frames per encoder call while caching attention
@@ -68,14 +70,6 @@ class Pairs:
     masks: list[np.ndarray]
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def augment_pair(attention: np.ndarray, mask: np.ndarray, size: int, jitter: Sequence[float],
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random rescale, flip and a size x size crop of one pair. Returns float32 attention and a float32
@@ -110,7 +104,8 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
 
     if not pairs.masks:
         raise InputError(out, "no training pairs: nothing to train the decoder on")
-    device = resolve_device(config.device)
+    replica = join(config.device)
+    device = replica.device
     size = config.input_size or meta.input_size
     torch.manual_seed(config.seed)
     model.to(device)
@@ -130,33 +125,39 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
             raise InputError(state_path, "was written with a different config; train into a new --out")
         start_epoch, history = int(state["epoch"]), list(state["history"])
     extra_before = dict(meta.extra)
+    trained = replica.wrap(decoder)
     for epoch in range(start_epoch, config.epochs):
         decoder.train()
         rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(pairs.masks))
-        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
+        batches = replica.batches(rng.permutation(len(pairs.masks)), config.batch_size)
+        seen = sum(len(b) for b in batches)
+        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                               disable=not replica.is_main)
         for batch in bar:
+            # every process draws the whole batch's crops, so the random stream does not depend on them
             crops = [augment_pair(pairs.attention[i], pairs.masks[i], size, config.scale_jitter, rng) for i in batch]
-            x = torch.from_numpy(np.stack([a for a, _ in crops])[:, None]).to(device)
-            y = torch.from_numpy(np.stack([t for _, t in crops])[:, None]).to(device)
+            x = torch.from_numpy(replica.share(np.stack([a for a, _ in crops]))[:, None]).to(device)
+            y = torch.from_numpy(replica.share(np.stack([t for _, t in crops]))[:, None]).to(device)
             scored = (y >= 0).float()
-            loss = F.binary_cross_entropy_with_logits(decoder(x), y.clamp_min(0), weight=scored, reduction="sum")
+            loss = F.binary_cross_entropy_with_logits(trained(x), y.clamp_min(0), weight=scored, reduction="sum")
             loss = loss / scored.sum().clamp_min(1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            total += loss.item() * len(x)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        model.eval()
-        history.append({"epoch": epoch + 1, "loss": total / len(pairs.masks)})
-        tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
-        meta.decoder_trained = True
-        meta.extra = {**extra_before, record_name: {**record, "config": dump_config(config), "history": history}}
-        save_checkpoint(out, model, meta)
-        with atomic_path(state_path) as tmp:
-            torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "history": history, "config": dump_config(config)}, tmp)
+        total = replica.total(total)
+        if replica.is_main:
+            model.eval()
+            history.append({"epoch": epoch + 1, "loss": total / seen})
+            tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
+            meta.decoder_trained = True
+            meta.extra = {**extra_before, record_name: {**record, "config": dump_config(config), "history": history}}
+            save_checkpoint(out, model, meta)
+            with atomic_path(state_path) as tmp:
+                torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": epoch + 1, "history": history, "config": dump_config(config)}, tmp)
+        replica.wait_for_main()
     return out
 
 

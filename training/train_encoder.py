@@ -76,14 +76,6 @@ def augment(image: np.ndarray, size: int, jitter: tuple[float, ...], rng: np.ran
     return canvas
 
 
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def evaluate_classifier(model, meta, dataset, device: str) -> dict:
     """Class probabilities on a dataset at each image's own size; mAP over classes with positives."""
     from .cam import FrameAttention
@@ -110,10 +102,12 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
     from wsvs.runtime.preprocess import normalise
 
     from .checkpoint import ModelMetadata, save_checkpoint
+    from .distributed import join
     from .models import ARCHITECTURES, ArchConfig
     from .voc import VOCDataset
 
-    device = _resolve_device(config.device)
+    replica = join(config.device)
+    device = replica.device
     train_set = VOCDataset(data, config.train_split)
     val_set = VOCDataset(data, config.val_split, class_names=train_set.class_names)
     labels = train_set.label_matrix()
@@ -144,34 +138,40 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
             raise InputError(state_path, "was written with a different config; train into a new --out")
         start_epoch, history = int(state["epoch"]), list(state["history"])
     loss_fn = nn.BCEWithLogitsLoss()
+    encoder = replica.wrap(model.encoder)
     for epoch in range(start_epoch, config.epochs):
         model.encoder.train()
         rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(train_set))
-        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
+        batches = replica.batches(rng.permutation(len(train_set)), config.batch_size)
+        seen = sum(len(b) for b in batches)
+        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                               disable=not replica.is_main)
         for batch in bar:
+            # every process draws the whole batch's augmentations, so the random stream does not depend on them
             images = np.stack([augment(train_set.image(i), config.input_size, config.scale_jitter, rng)
                                for i in batch])
-            x = torch.from_numpy(normalise(images, meta.mean, meta.std)).to(device)
-            y = torch.from_numpy(labels[batch]).to(device)
-            logits, _ = model.encoder(x)
+            x = torch.from_numpy(normalise(replica.share(images), meta.mean, meta.std)).to(device)
+            y = torch.from_numpy(labels[replica.share(batch)]).to(device)
+            logits, _ = encoder(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            total += loss.item() * len(x)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        model.eval()
-        record = {"epoch": epoch + 1, "loss": total / len(train_set)}
-        record.update(evaluate_classifier(model, meta, val_set, device))
-        history.append(record)
-        tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mAP {record['map']:.3f}")
-        meta.extra = {"encoder_training": {"config": dump_config(config), "history": history}}
-        save_checkpoint(out, model, meta)
-        with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "history": history, "config": dump_config(config)}, tmp)
+        total = replica.total(total)
+        if replica.is_main:
+            model.eval()
+            record = {"epoch": epoch + 1, "loss": total / seen}
+            record.update(evaluate_classifier(model, meta, val_set, device))
+            history.append(record)
+            tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mAP {record['map']:.3f}")
+            meta.extra = {"encoder_training": {"config": dump_config(config), "history": history}}
+            save_checkpoint(out, model, meta)
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                            "history": history, "config": dump_config(config)}, tmp)
+        replica.wait_for_main()
     return out
 
 
