@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsvs.runtime.io import read_image_rgb
+from wsvs.runtime.io import IMAGE_SUFFIXES, read_image_rgb
 from wsvs.runtime.preprocess import resize_rgb
 from wsvs.training.checkpoint import ModelMetadata
 from wsvs.training.models import WSVSModel, multiscale_attention
 
 from .onnx_export import OUTPUT_NAMES
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)

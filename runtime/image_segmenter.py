@@ -18,10 +18,9 @@ from tqdm import tqdm
 
 from .backends import Backend, select_backend
 from .errors import InputError
-from .io import overlay, read_image_rgb, write_image_rgb, write_palette_png
+from .io import IMAGE_SUFFIXES, overlay, read_image_rgb, write_image_rgb, write_palette_png
 from .preprocess import normalise, resize_rgb
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_SIDE = 32  # the encoder's stride 8 at the smallest attention scale still leaves a few cells
 MAX_SIDE = 4096  # larger inputs run out of memory in the probability maps (N x top_k x H x W floats)
 

@@ -17,6 +17,8 @@ from PIL import Image
 from .errors import InputError
 
 VOID = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 
 
 def voc_palette(n: int = 256) -> np.ndarray:

@@ -222,3 +222,33 @@ def test_gpu_backends_match_onnxruntime_cpu(exported):
     gpu = ImageSegmenter(exported, "ort-cuda").segment(list(images))
     for a, b in zip(cpu, gpu):
         assert np.mean(a.labels == b.labels) >= 0.999
+
+
+def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys):
+    from wsvs.training.cli import main
+
+    images = verify.synthetic_images(2, 97, 131, seed=5)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), image[..., ::-1])
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes((shared_data / "videos" / "realshort.mp4").read_bytes())
+    inputs = [str(tmp_path / "im0.png"), str(tmp_path / "im1.png"), str(clip)]
+    assert main(["segment", *inputs, "--model", str(exported), "--out", str(tmp_path / "out"), "--batch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "backend auto" not in printed  # the export is there: the runtime's auto picks ONNX Runtime
+    expected = [r.labels for r in segmenter.segment(list(images))]
+    for i in range(2):
+        np.testing.assert_array_equal(read_label_png(tmp_path / "out" / f"im{i}.png"), expected[i])
+    video_summary = json.loads((tmp_path / "out" / "clip" / "summary.json").read_text())
+    assert video_summary["frames"] == 36 == len(list((tmp_path / "out" / "clip" / "masks").glob("*.png")))
+
+    # Without an export, auto falls back to PyTorch and says so; videos then need the export.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes())
+    meta = json.loads((exported / "model.json").read_text())
+    (bare / "model.json").write_text(json.dumps({**meta, "decoder_trained": True}))
+    assert main(["segment", inputs[0], "--model", str(bare), "--out", str(tmp_path / "eager")]) == 0
+    assert "backend auto: pytorch" in capsys.readouterr().out
+    assert main(["segment", str(clip), "--model", str(bare), "--out", str(tmp_path / "eager")]) == 2
+    assert "run `wsvs-export" in capsys.readouterr().err

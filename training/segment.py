@@ -1,8 +1,11 @@
-"""Semantic segmentation of still images with the whole network (§3.4); `wsvs segment`.
+"""Semantic segmentation with the whole network (§3.4); `wsvs segment` for images and videos.
 
 The classes whose probability passes the checkpoint's threshold are present; the decoder turns the multi-scale
 attention of each into a foreground probability map, and each pixel takes the present class of highest
 probability, or background where that probability is below 0.5 (or no class is present).
+
+`wsvs segment` runs the checkpoint in PyTorch, or its exported graphs (`wsvs-export`) on the torch-free runtime:
+TensorRT, ONNX Runtime CUDA or CPU; ``--backend auto`` takes the fastest that loads and says which.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.io import overlay, read_image_rgb, write_image_rgb, write_palette_png
+from wsvs.runtime.image_segmenter import image_paths
+from wsvs.runtime.io import VIDEO_SUFFIXES, overlay, read_image_rgb, write_image_rgb, write_palette_png
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 FOREGROUND_THRESHOLD = 0.5
 
 
@@ -93,21 +96,6 @@ def segment_dataset(model, meta, dataset, batch_size: int = 8, use_image_labels:
         yield from flush()
 
 
-def image_paths(inputs: list[Path]) -> list[Path]:
-    """The image files named, and those directly inside named folders (sorted)."""
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise InputError(item, "no such image or folder")
-    if not paths:
-        raise InputError(inputs[0], "holds no images (.jpg, .jpeg, .png, .bmp)")
-    return paths
-
-
 def segment_files(model_dir: Path, inputs: list[Path], out: Path) -> list[Path]:
     """Write ``<out>/<name>.png`` (VOC-palette label map) and ``<out>/<name>_overlay.jpg`` per image."""
     from tqdm import tqdm
@@ -127,19 +115,71 @@ def segment_files(model_dir: Path, inputs: list[Path], out: Path) -> list[Path]:
     return written
 
 
+def split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Image inputs (files or folders of images) and video files."""
+    videos = [p for p in inputs if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    return [p for p in inputs if p not in videos], videos
+
+
+def choose_backend(name: str, model: Path) -> str:
+    """``auto`` falls back to PyTorch when no exported graph sits beside ``model``."""
+    from wsvs.runtime.backends import graph_file
+
+    exported = any(graph_file(model, "segmenter", suffix).is_file() for suffix in (".onnx", ".engine"))
+    if name == "auto" and not exported:
+        print(f"backend auto: pytorch (no exported graph beside {model}; `wsvs-export {model}` makes one)")
+        return "pytorch"
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
-    written = segment_files(args.model, args.images, args.out)
-    print(f"segment: {len(written)} label maps (VOC palette) and overlays in {args.out}")
+    from wsvs.runtime import image_segmenter
+    from wsvs.runtime.video_segmenter import VideoSegmenter
+
+    model = args.onnx or args.engine or args.model
+    backend = choose_backend("tensorrt" if args.engine and args.backend == "auto" else args.backend, model)
+    images, videos = split_inputs(args.images)
+    if backend == "pytorch" and videos:
+        raise InputError(videos[0], f"video input runs on the exported graphs: run `wsvs-export {model}` first")
+    if images:
+        if backend == "pytorch":
+            written = segment_files(model, images, args.out)
+        else:
+            written = image_segmenter.segment_files(model, images, args.out, backend, args.batch, args.long_side)
+        print(f"segment: {len(written)} label maps (VOC palette) and overlays in {args.out}")
+    if videos:
+        segmenter = VideoSegmenter(model, backend, args.batch, args.long_side or 320, args.refine, args.window)
+        for video in videos:
+            summary = segmenter.segment(video, args.out / video.stem)
+            print(f"segment: {video.name}: {summary['frames']} frames at {summary['frames_per_s']:.1f} frames/s "
+                  f"-> {args.out / video.stem} (masks/, overlay.mp4)")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from wsvs.runtime.backends import BACKENDS
+    from wsvs.runtime.video_segmenter import REFINEMENTS
+
     p = subparsers.add_parser(
-        "segment", help="segment still images with the encoder and decoder (paper §3.4)",
-        description="For each image: classes over the checkpoint's threshold, the decoder's foreground "
-        "probability from each class's multi-scale attention, pixel-wise maximum (background below 0.5). "
-        "Writes <out>/<name>.png (VOC-palette label map) and <out>/<name>_overlay.jpg.")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE|DIR", help="image files or folders of images")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder with a trained decoder")
+        "segment", help="segment images and videos with the encoder and decoder (paper §3.4)",
+        description="For each image or frame: classes over the checkpoint's threshold, the decoder's foreground "
+        "probability from each class's multi-scale attention, pixel-wise maximum (background below 0.5). Writes "
+        "<out>/<name>.png (VOC-palette label map) and <out>/<name>_overlay.jpg per image, and "
+        "<out>/<video>/masks/*.png, overlay.mp4 and summary.json per video. Videos and the TensorRT / ONNX Runtime "
+        "backends use the graphs of `wsvs-export`.")
+    p.add_argument("images", nargs="+", type=Path, metavar="INPUT", help="image files, folders of images, videos")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="checkpoint folder with a trained decoder (and its export)")
+    source.add_argument("--onnx", type=Path, help="exported segmenter graph X.onnx (X.encoder/decoder.onnx beside)")
+    source.add_argument("--engine", type=Path, help="TensorRT engine X.engine (X.encoder/decoder.engine beside)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--backend", default="auto", choices=["auto", "pytorch", *BACKENDS],
+                   help="auto (default): TensorRT, else ONNX Runtime CUDA, else CPU, else PyTorch")
+    p.add_argument("--batch", type=int, default=8, help="images or frames per network call (default 8)")
+    p.add_argument("--long-side", dest="long_side", type=int, default=None,
+                   help="resize the longer side to this before the network (default: images as they are, "
+                   "video frames 320)")
+    p.add_argument("--refine", choices=REFINEMENTS, default="none",
+                   help="videos: 'superpixel' replaces the decoder by the §3.2 graph cut over a sliding window")
+    p.add_argument("--window", type=int, default=8, help="frames per refinement window (default 8)")
     p.set_defaults(func=run)

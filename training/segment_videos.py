@@ -34,14 +34,12 @@ from tqdm import tqdm
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.io import read_image_rgb, read_json, write_binary_png, write_json
+from wsvs.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image_rgb, read_json, write_binary_png, write_json
 from wsvs.runtime.videoseg import VideoSegConfig, segment_frames
 
 if TYPE_CHECKING:
     from wsvs.training.cam import FrameAttention
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MANIFEST_NAME = "videos.json"  # optional {video path relative to the videos folder: class name}
 SCORE_BATCH = 32  # frames scored per encoder call: bounds memory while scoring a long video
 # Decoding and input problems that make one video unusable; the batch goes on without it.
