@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_pooling.py                                   # markdown table
 
 Inputs: one image of int32 superpixel ids on a regular grid of about S cells (compact, like SLIC's) and
-C float32 maps. The numpy reference is memory-bound, so its rate is given as GB/s of input bytes read
+C float32 maps. The numpy reference reads every input byte once, so its rate is given as GB/s of input bytes read
 (labels + maps, once) next to the machine's copy rate (bytes copied per second by np.copyto of 256 MiB,
 which reads and writes each byte). The ONNX graph is what an exported model would carry: Transpose +
 Cast + Expand of the ids + ScatterElements(reduction="add") in float64 for the sums, and one more for

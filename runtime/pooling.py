@@ -20,8 +20,10 @@ def superpixel_pool(
       pixels, and ``means`` (B, S, C) float32 = ``float32(sums / counts)``, 0 where ``counts == 0``;
       S = ``num_superpixels``.
 
-    Ids out of range raise ValueError. The work is one ``np.bincount`` per channel over the flattened
-    batch, with image ``b``'s ids offset by ``b * S``, so it is memory-bound.
+    Ids out of range raise ValueError. Superpixels are compact, so along the flattened pixels the ids come in
+    runs (about a superpixel's width each): every map is summed over the runs by one sequential
+    ``np.add.reduceat`` in float64, then the run sums go to their superpixels with ``np.bincount``. Only the
+    first pass touches every pixel, so the work is close to one read of the inputs.
     """
     labels = np.asarray(labels)
     values = np.asarray(values)
@@ -32,14 +34,24 @@ def superpixel_pool(
     batch, channels = values.shape[:2]
     if labels.size and (labels.min() < 0 or labels.max() >= num_superpixels):
         raise ValueError(f"superpixel ids must lie in [0, {num_superpixels})")
-    offsets = (np.arange(batch, dtype=np.int64) * num_superpixels)[:, None, None]
-    flat = (labels.astype(np.int64) + offsets).reshape(-1)
     bins = batch * num_superpixels
-    counts = np.bincount(flat, minlength=bins)
-    sums = np.empty((bins, channels), dtype=np.float64)
-    per_channel = values.transpose(1, 0, 2, 3).reshape(channels, -1)  # channel-major: one pass per map
-    for c in range(channels):
-        sums[:, c] = np.bincount(flat, weights=per_channel[c], minlength=bins)
+    sums = np.zeros((bins, channels), dtype=np.float64)
+    counts = np.zeros(bins, dtype=np.int64)
+    if labels.size:
+        flat = labels.reshape(-1)
+        pixels = labels[0].size
+        # a run starts where the id changes and at every image's first pixel
+        change = np.empty(flat.size, dtype=bool)
+        change[0] = True
+        np.not_equal(flat[1:], flat[:-1], out=change[1:])
+        change[::pixels] = True
+        starts = np.flatnonzero(change)
+        run_ids = flat[starts].astype(np.int64) + (starts // pixels) * num_superpixels
+        counts = np.bincount(run_ids, weights=np.diff(starts, append=flat.size), minlength=bins).astype(np.int64)
+        per_channel = values.transpose(1, 0, 2, 3).reshape(channels, -1)  # channel-major
+        run_sums = np.add.reduceat(per_channel, starts, axis=1, dtype=np.float64)
+        for c in range(channels):
+            sums[:, c] = np.bincount(run_ids, weights=run_sums[c], minlength=bins)
     means = np.zeros((bins, channels), dtype=np.float32)
     nonempty = counts > 0
     means[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
