@@ -314,3 +314,19 @@ def test_trained_model_miou_survives_export(decoder_dir, world_dir, tmp_path):
     assert abs(fp32_miou - reference) <= 1e-3
     assert abs(onnx_miou(fp16) - fp32_miou) <= 0.005
     assert abs(onnx_miou(int8) - fp32_miou) <= 0.02
+
+
+def test_log_sum_exp_pooling_exports_for_every_input_size(tmp_path):
+    torch.manual_seed(0)
+    arch = ArchConfig(num_classes=3, width=0.125, batch_norm=True, lse_sharpness=2.0)
+    model = WSVSModel(arch).eval()
+    meta = ModelMetadata(class_names=["ant", "bee", "cat"], arch=arch)
+    graphs = onnx_export.GraphPaths.beside(tmp_path / "model.onnx")
+    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
+    for path, position in ((graphs.segmenter, 0), (graphs.encoder, 0)):
+        for shape in ((1, 64, 64), (2, 97, 131)):
+            images = images_of(shape, meta)
+            with torch.no_grad():
+                logits, _ = model.encoder(torch.from_numpy(images))
+            got = verify.onnxruntime_runner(path)(images)[position]
+            np.testing.assert_allclose(got, torch.sigmoid(logits).numpy(), atol=1e-5, err_msg=f"{path.name} {shape}")

@@ -6,7 +6,6 @@ metadata records, so a checkpoint can be rebuilt without pickled code.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -105,8 +104,11 @@ class Encoder(nn.Module):
         cams = torch.einsum("ndhw,cd->nchw", features, self.classifier.weight)
         if self.lse_sharpness == 0:
             return self.classifier(features.mean(dim=(2, 3))), cams
+        # (1/r) log mean exp(r x) = m + (1/r) log mean exp(r (x - m)), m the maximum: stable, and with a mean
+        # rather than a log of the position count, exported graphs stay right at every input size
         r, flat = self.lse_sharpness, cams.flatten(2)
-        pooled = (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
+        peak = flat.amax(dim=2, keepdim=True)
+        pooled = peak.squeeze(2) + torch.log(torch.exp(r * (flat - peak)).mean(dim=2)) / r
         return pooled + self.classifier.bias, cams
 
 
