@@ -21,7 +21,8 @@ from .io import atomic_path
 FALLBACK_RATE = Fraction(25)
 
 
-def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """The container and its first video stream; a missing or unreadable file is an InputError naming it."""
     try:
         container = av.open(str(path))
     except FileNotFoundError:
@@ -40,7 +41,7 @@ def iter_keyframes(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
     A file that is not a video, or breaks while decoding, is an InputError naming it.
     """
     path = Path(path)
-    container, stream = _open_video(path)
+    container, stream = open_video(path)
     with container:
         stream.codec_context.skip_frame = "NONKEY"
         try:
@@ -79,7 +80,7 @@ def _iter_window_frames(
 def window_times(path: str | Path, start: float, end: float) -> list[float]:
     """Times of the frames in [start, end], decoding only from the key-frame before ``start``."""
     path = Path(path)
-    container, stream = _open_video(path)
+    container, stream = open_video(path)
     with container:
         try:
             return [float(frame.time) for frame in _iter_window_frames(container, stream, start, end)]
@@ -94,7 +95,7 @@ def cut_clip(path: str | Path, start: float, end: float, out: str | Path) -> int
     is written when the interval holds no frame.
     """
     path, out = Path(path), Path(out)
-    container, stream = _open_video(path)
+    container, stream = open_video(path)
     with container:
         rate = stream.average_rate or stream.guessed_rate or FALLBACK_RATE
         width, height = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2

@@ -32,6 +32,7 @@ from .backends import open_backend, select_backend
 from .errors import InputError
 from .image_segmenter import network_size
 from .io import atomic_path, overlay, write_json, write_palette_png
+from .keyframes import open_video
 from .preprocess import normalise, resize_rgb
 from .videoseg import VideoSegConfig, segment_frames
 
@@ -71,16 +72,8 @@ class FrameReader:
             capture.release()
 
     def _file(self, path: Path) -> Iterator[np.ndarray]:
-        try:
-            container = av.open(str(path))
-        except FileNotFoundError:
-            raise InputError(path, "file not found") from None
-        except av.FFmpegError as exc:
-            raise InputError(path, f"not a readable video ({exc})") from None
+        container, stream = open_video(path)
         with container:
-            if not container.streams.video:
-                raise InputError(path, "has no video stream")
-            stream = container.streams.video[0]
             self.fps = stream.average_rate or FALLBACK_FPS
             packets = container.demux(stream)
             while True:

@@ -29,7 +29,6 @@ from wsvs.runtime.io import atomic_path, read_json, read_label_png, write_json
 
 from .distributed import join, resolve_device
 
-STATE_FILE = "train_state.pt"
 CACHE_DIR = "attention"
 SCORE_BATCH = 32  # frames per encoder call while caching attention
 
@@ -101,6 +100,7 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
     from tqdm import tqdm
 
     from .checkpoint import save_checkpoint
+    from .training_state import resume_state, save_state
 
     if not pairs.masks:
         raise InputError(out, "no training pairs: nothing to train the decoder on")
@@ -111,19 +111,7 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
     model.to(device)
     decoder = model.decoder
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr)
-    history: list[dict] = []
-    start_epoch = 0
-    state_path = out / STATE_FILE
-    if resume and state_path.is_file():
-        try:
-            state = torch.load(state_path, map_location=device, weights_only=True)
-            decoder.load_state_dict(state["decoder"])
-            optimizer.load_state_dict(state["optimizer"])
-        except Exception as exc:  # a foreign or damaged state file is the user's input problem
-            raise InputError(state_path, f"cannot resume from this training state ({type(exc).__name__})") from None
-        if {**state["config"], "epochs": config.epochs} != dump_config(config):  # only more epochs may be asked
-            raise InputError(state_path, "was written with a different config; train into a new --out")
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = resume_state(out, decoder, optimizer, config, device) if resume else (0, [])
     extra_before = dict(meta.extra)
     trained = replica.wrap(decoder)
     for epoch in range(start_epoch, config.epochs):
@@ -154,9 +142,7 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
             meta.decoder_trained = True
             meta.extra = {**extra_before, record_name: {**record, "config": dump_config(config), "history": history}}
             save_checkpoint(out, model, meta)
-            with atomic_path(state_path) as tmp:
-                torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch + 1, "history": history, "config": dump_config(config)}, tmp)
+            save_state(out, decoder, optimizer, config, epoch + 1, history)
         replica.wait_for_main()
     return out
 

@@ -16,9 +16,6 @@ import numpy as np
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.io import atomic_path
-
-STATE_FILE = "train_state.pt"
 
 
 @dataclass
@@ -104,6 +101,7 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
     from .checkpoint import ModelMetadata, save_checkpoint
     from .distributed import join
     from .models import ARCHITECTURES, ArchConfig
+    from .training_state import resume_state, save_state
     from .voc import VOCDataset
 
     replica = join(config.device)
@@ -123,20 +121,7 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
         load_backbone_weights(model, config.backbone_weights)
     model.to(device)
     optimizer = torch.optim.Adam(model.encoder.parameters(), lr=config.lr)
-    history: list[dict] = []
-    start_epoch = 0
-    state_path = out / STATE_FILE
-    if resume and state_path.is_file():
-        try:
-            state = torch.load(state_path, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except Exception as exc:  # a foreign or damaged state file is the user's input problem
-            raise InputError(state_path, f"cannot resume from this training state ({type(exc).__name__})") from None
-        # only the epoch count may grow between runs: anything else would mix two trainings
-        if {**state["config"], "epochs": config.epochs} != dump_config(config):
-            raise InputError(state_path, "was written with a different config; train into a new --out")
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = resume_state(out, model, optimizer, config, device) if resume else (0, [])
     loss_fn = nn.BCEWithLogitsLoss()
     encoder = replica.wrap(model.encoder)
     for epoch in range(start_epoch, config.epochs):
@@ -168,9 +153,7 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
             tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mAP {record['map']:.3f}")
             meta.extra = {"encoder_training": {"config": dump_config(config), "history": history}}
             save_checkpoint(out, model, meta)
-            with atomic_path(state_path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                            "history": history, "config": dump_config(config)}, tmp)
+            save_state(out, model, optimizer, config, epoch + 1, history)
         replica.wait_for_main()
     return out
 
