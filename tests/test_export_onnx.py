@@ -41,15 +41,20 @@ def fit_decoder_to_attention(model: WSVSModel, steps: int = 30) -> None:
     model.decoder.eval()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def save_tiny_checkpoint(folder: Path) -> Path:
+    """A width-1/8 model of 5 classes: a random encoder and a decoder fitted to 'attention > 0.5'."""
     torch.manual_seed(0)
     arch = ArchConfig(num_classes=5, width=0.125, batch_norm=True)
     model = WSVSModel(arch)
     fit_decoder_to_attention(model)
     # A random encoder scores every class near 0.5: a threshold of 0.495 keeps some classes and drops others.
     meta = ModelMetadata(class_names=["ant", "bee", "cat", "dog", "eel"], arch=arch, class_threshold=0.495)
-    return save_checkpoint(tmp_path_factory.mktemp("checkpoint"), model.eval(), meta)
+    return save_checkpoint(folder, model.eval(), meta)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_export_onnx import fit_decoder_to_attention
+from test_export_onnx import save_tiny_checkpoint
 
 from wsvs.export import onnx_export, verify
 from wsvs.runtime.backends import check_engine_sidecar, open_backend, select_backend
@@ -23,8 +23,7 @@ from wsvs.runtime.io import read_label_png, write_json
 from wsvs.runtime.preprocess import normalise, resize_rgb
 from wsvs.runtime.video_segmenter import VideoSegmenter
 from wsvs.training import bench
-from wsvs.training.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
-from wsvs.training.models import ArchConfig, WSVSModel
+from wsvs.training.checkpoint import load_checkpoint
 
 TOP_K = 3
 
@@ -32,13 +31,8 @@ TOP_K = 3
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """A tiny checkpoint (width 0.125) with its three fp32 graphs beside it."""
-    torch.manual_seed(0)
-    arch = ArchConfig(num_classes=5, width=0.125, batch_norm=True)
-    model = WSVSModel(arch)
-    fit_decoder_to_attention(model)
-    # A random encoder scores every class near 0.5: this threshold keeps some classes and drops others.
-    meta = ModelMetadata(class_names=["ant", "bee", "cat", "dog", "eel"], arch=arch, class_threshold=0.495)
-    folder = save_checkpoint(tmp_path_factory.mktemp("model"), model.eval(), meta)
+    folder = save_tiny_checkpoint(tmp_path_factory.mktemp("model"))
+    model, meta = load_checkpoint(folder)
     onnx_export.export_onnx(model, meta, onnx_export.GraphPaths.beside(folder / "model.onnx"), 17, TOP_K)
     return folder
 
