@@ -71,6 +71,22 @@ class Replica:
         dist.all_reduce(tensor)
         return float(tensor.item())
 
+    def train_epoch(self, batches: list[np.ndarray], optimizer, batch_loss, desc: str) -> float:
+        """One pass over ``batches``: ``batch_loss(batch)`` gives this process's mean loss on its share and the
+        share's size; each loss takes one optimiser step. Returns the mean loss per item over all processes."""
+        from tqdm import tqdm
+
+        total = 0.0
+        bar = tqdm(batches, desc=desc, unit="batch", leave=False, disable=not self.is_main)
+        for batch in bar:
+            loss, size = batch_loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * size
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return self.total(total) / sum(len(b) for b in batches)
+
     def wait_for_main(self) -> None:
         """All processes meet here (after rank 0 has written its files)."""
         if self.world_size > 1:

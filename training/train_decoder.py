@@ -118,26 +118,20 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: FitSettings, recor
         decoder.train()
         rng = np.random.default_rng([config.seed, epoch])
         batches = replica.batches(rng.permutation(len(pairs.masks)), config.batch_size)
-        seen = sum(len(b) for b in batches)
-        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                               disable=not replica.is_main)
-        for batch in bar:
+
+        def batch_loss(batch: np.ndarray, rng: np.random.Generator = rng) -> tuple[torch.Tensor, int]:
             # every process draws the whole batch's crops, so the random stream does not depend on them
             crops = [augment_pair(pairs.attention[i], pairs.masks[i], size, config.scale_jitter, rng) for i in batch]
             x = torch.from_numpy(replica.share(np.stack([a for a, _ in crops]))[:, None]).to(device)
             y = torch.from_numpy(replica.share(np.stack([t for _, t in crops]))[:, None]).to(device)
             scored = (y >= 0).float()
             loss = F.binary_cross_entropy_with_logits(trained(x), y.clamp_min(0), weight=scored, reduction="sum")
-            loss = loss / scored.sum().clamp_min(1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(x)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        total = replica.total(total)
+            return loss / scored.sum().clamp_min(1), len(x)
+
+        loss = replica.train_epoch(batches, optimizer, batch_loss, f"epoch {epoch + 1}/{config.epochs}")
         if replica.is_main:
             model.eval()
-            history.append({"epoch": epoch + 1, "loss": total / seen})
+            history.append({"epoch": epoch + 1, "loss": loss})
             tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
             meta.decoder_trained = True
             meta.extra = {**extra_before, record_name: {**record, "config": dump_config(config), "history": history}}

@@ -128,26 +128,20 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
         model.encoder.train()
         rng = np.random.default_rng([config.seed, epoch])
         batches = replica.batches(rng.permutation(len(train_set)), config.batch_size)
-        seen = sum(len(b) for b in batches)
-        total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                               disable=not replica.is_main)
-        for batch in bar:
+
+        def batch_loss(batch: np.ndarray, rng: np.random.Generator = rng) -> tuple[torch.Tensor, int]:
             # every process draws the whole batch's augmentations, so the random stream does not depend on them
             images = np.stack([augment(train_set.image(i), config.input_size, config.scale_jitter, rng)
                                for i in batch])
             x = torch.from_numpy(normalise(replica.share(images), meta.mean, meta.std)).to(device)
             y = torch.from_numpy(labels[replica.share(batch)]).to(device)
             logits, _ = encoder(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(x)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        total = replica.total(total)
+            return loss_fn(logits, y), len(x)
+
+        loss = replica.train_epoch(batches, optimizer, batch_loss, f"epoch {epoch + 1}/{config.epochs}")
         if replica.is_main:
             model.eval()
-            record = {"epoch": epoch + 1, "loss": total / seen}
+            record = {"epoch": epoch + 1, "loss": loss}
             record.update(evaluate_classifier(model, meta, val_set, device))
             history.append(record)
             tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mAP {record['map']:.3f}")
