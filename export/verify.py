@@ -4,11 +4,10 @@ Each output is compared element-wise: a float element agrees when ``|got - ref| 
 integer element (labels, classes) when it is equal. A graph passes when every float output agrees on at least
 ``min_agreement`` of its elements and every integer output on ``min_label_agreement``.
 
-A fraction rather than all elements, because the decoder's unpooling switches mark the maximum of each 2x2
-window: where two values nearly tie, a difference in the last bits upstream (convolutions summed in another
-order, bilinear coordinates computed another way) moves a switch and changes nearby probabilities by far more
-than that difference. PyTorch itself does the same under a 1e-5 change of its input, so a probability can
-differ by 0.1 or more at a few pixels of a correct export, while the labels stay equal almost everywhere.
+fp32 graphs must agree everywhere; reduced precision on a fraction of the elements, since fp16 rounding or an
+int8 step near a decision (a class score at the threshold, a decoder output at 0.5) moves a few values a lot
+while the labels stay equal almost everywhere. The decoder's unpooling switches are soft (see
+``wsvs.training.models.SWITCH_TEMPERATURE``) so that a last-bit difference upstream cannot move one.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ class Tolerance:
 
 # Defaults per precision, against the fp32 PyTorch model (measured margins in tests/test_export_onnx.py).
 DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.97, min_label_agreement=0.999),
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_agreement=1.0, min_label_agreement=0.999),
     "fp16": Tolerance(atol=2e-2, rtol=2e-2, min_agreement=0.95, min_label_agreement=0.99),
     "int8": Tolerance(atol=0.1, rtol=0.1, min_agreement=0.8, min_label_agreement=0.9),
 }

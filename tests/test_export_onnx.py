@@ -94,25 +94,32 @@ def images_of(shape: tuple[int, int, int], meta: ModelMetadata, seed: int = 5) -
     return normalise(verify.synthetic_images(*shape, seed=seed), meta.mean, meta.std)
 
 
+@pytest.fixture(scope="module")
+def trained(decoder_dir, tmp_path_factory) -> tuple[WSVSModel, ModelMetadata, onnx_export.GraphPaths]:
+    """The small world's video-trained checkpoint and its fp32 graphs."""
+    model, meta = load_checkpoint(decoder_dir)
+    graphs = onnx_export.GraphPaths.beside(tmp_path_factory.mktemp("trained_onnx") / "model.onnx")
+    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
+    return model, meta, graphs
+
+
 @pytest.mark.parametrize("shape", [(1, 321, 321), (4, 333, 257)], ids=["1x321x321", "4x333x257"])
-def test_fp32_segmenter_matches_pytorch(loaded, fp32_graphs, shape):
-    model, meta = loaded
-    images = images_of(shape, meta)
+def test_fp32_segmenter_matches_pytorch(trained, world_dir, shape):
+    model, meta, graphs = trained
+    count, height, width = shape
+    world_images = verify.folder_images(world_dir / "images" / "JPEGImages", count, height, width)
+    images = normalise(world_images, meta.mean, meta.std)
     scores, classes, probs, labels = verify.reference_segmentation(model, meta, torch.from_numpy(images), TOP_K)
-    got = dict(zip(onnx_export.OUTPUT_NAMES["segmenter"], verify.onnxruntime_runner(fp32_graphs.segmenter)(images)))
+    got = dict(zip(onnx_export.OUTPUT_NAMES["segmenter"], verify.onnxruntime_runner(graphs.segmenter)(images)))
 
     # The labels are not trivial: background, several classes, and classes dropped by the threshold.
-    assert len(np.unique(labels.numpy())) >= 3 and (labels == 0).any()
+    assert len(np.unique(labels.numpy())) >= 2 and (labels == 0).any()
     assert (scores.numpy() <= meta.class_threshold).any() and (scores.numpy() > meta.class_threshold).any()
-    assert got["labels"].dtype == np.int32 and got["labels"].shape == (shape[0], *shape[1:])
+    assert got["labels"].dtype == np.int32 and got["labels"].shape == (count, height, width)
     assert np.abs(got["scores"] - scores.numpy()).max() <= 1e-6
     np.testing.assert_array_equal(got["classes"], classes.numpy())
     assert np.mean(got["labels"] == labels.numpy()) >= 0.999
-    # Probabilities: exact to 1e-4 almost everywhere; the rest are unpooling switches that move on near-ties
-    # (see wsvs.export.verify), as PyTorch's own do under a 1e-5 change of the attention.
-    error = np.abs(got["probs"] - probs.numpy())
-    assert np.median(error) <= 1e-6
-    assert np.mean(error <= 1e-4) >= 0.97
+    assert np.abs(got["probs"] - probs.numpy()).max() <= 1e-4
 
 
 def test_fp32_encoder_and_decoder_match_pytorch(loaded, fp32_graphs):
@@ -127,8 +134,7 @@ def test_fp32_encoder_and_decoder_match_pytorch(loaded, fp32_graphs):
     attention = verify.decoder_inputs(model, meta, images)
     (foreground,) = verify.onnxruntime_runner(fp32_graphs.decoder)(attention)
     (reference_fg,) = verify.reference_outputs(model, meta, "decoder", attention, TOP_K)
-    error = np.abs(foreground - reference_fg)
-    assert np.median(error) <= 1e-6 and np.mean(error <= 1e-4) >= 0.98
+    assert np.abs(foreground - reference_fg).max() <= 1e-4
     assert np.mean((foreground >= 0.5) == (reference_fg >= 0.5)) >= 0.999
 
 
@@ -136,8 +142,8 @@ def test_low_precision_graphs_agree_with_fp32(loaded, fp32_graphs, low_precision
     _, meta = loaded
     images = images_of((2, 161, 161), meta, seed=11)
     fp32 = dict(zip(onnx_export.OUTPUT_NAMES["segmenter"], verify.onnxruntime_runner(fp32_graphs.segmenter)(images)))
-    # (max score error, label agreement); int8 labels move where the decoder's unpooling switches see the
-    # attention change by the quantisation error (measured: fp16 99.9%, int8 94-95% on this random encoder).
+    # (max score error, label agreement); on this random encoder every class scores near the threshold and the
+    # CAMs are faint, so int8 steps move labels (measured: fp16 99.9%, int8 94.7%).
     bounds = {"fp16": (1e-3, 0.99), "int8": (2e-2, 0.9)}
     for precision, path in low_precision_graphs.items():
         model_proto = onnx.load(str(path))
@@ -288,17 +294,15 @@ def test_shape_flags():
         ShapeProfile((1, 1, 128, 128), (1, 1, 321, 321), (1, 1, 512, 512))
 
 
-def test_trained_model_miou_survives_export(decoder_dir, world_dir, tmp_path):
+def test_trained_model_miou_survives_export(trained, world_dir, tmp_path):
     """mmdeploy-style regression on the small world's val images with the video-trained checkpoint: fp32 ONNX
     keeps PyTorch's mIoU, fp16 stays within 0.5 points of fp32 and int8 Q/DQ within 2 points."""
     from wsvs.training.voc import VOCDataset
 
-    model, meta = load_checkpoint(decoder_dir)
+    model, meta, graphs = trained
     val = VOCDataset(world_dir / "images", "val", class_names=meta.class_names)
     images = normalise(np.stack([val.image(i) for i in range(len(val))]), meta.mean, meta.std)
     truth = np.stack([val.mask(i) for i in range(len(val))])
-    graphs = onnx_export.GraphPaths.beside(tmp_path / "model.onnx")
-    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
     fp16, int8 = tmp_path / "model.fp16.onnx", tmp_path / "model.int8.onnx"
     quantize.to_fp16(graphs.segmenter, fp16)
     quantize.to_int8(graphs.segmenter, int8, [images[i:i + 1] for i in range(0, len(images), 3)])

@@ -31,14 +31,26 @@ def test_cam_is_eq2_and_gap_of_cam_gives_the_logits() -> None:
     assert cams.shape[-2:] == (64 // Encoder.stride, 80 // Encoder.stride)
 
 
-def test_switch_unpool_equals_max_unpool_without_ties() -> None:
+def test_switch_unpool_equals_max_unpool_where_windows_have_a_clear_maximum() -> None:
     torch.manual_seed(1)
-    x = torch.randn(3, 4, 10, 14)  # continuous values: no ties inside a window
+    # distinct values 2 apart, 20 switch temperatures: every window has a clear maximum; odd sizes
+    x = 2 * torch.randperm(3 * 4 * 11 * 15).reshape(3, 4, 11, 15).float()
     pooled, switches = max_pool_with_switches(x)
-    reference_pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+    reference_pooled, indices = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
     torch.testing.assert_close(pooled, reference_pooled)
     reference = F.max_unpool2d(reference_pooled, indices, 2, 2, output_size=x.shape[-2:])
     torch.testing.assert_close(SwitchUnpool()(pooled, switches), reference)
+
+
+def test_switch_unpool_is_continuous_at_a_near_tie() -> None:
+    """A rounding-sized change that swaps a window's maximum moves the unpooled values by as little."""
+    window = torch.tensor([[[[1.0, 1.0 + 1e-6], [0.2, 0.0]]]])
+    swapped = torch.tensor([[[[1.0 + 1e-6, 1.0], [0.2, 0.0]]]])
+    unpooled = [SwitchUnpool()(*max_pool_with_switches(x)) for x in (window, swapped)]
+    assert (unpooled[0] - unpooled[1]).abs().max() < 1e-4
+    # the tied pair shares the value; the others, 8 and 10 temperatures below, are left with almost nothing
+    torch.testing.assert_close(unpooled[0][0, 0, 0], torch.tensor([0.5, 0.5]), atol=1e-3, rtol=0)
+    assert unpooled[0][0, 0, 1].max() < 1e-3
 
 
 @pytest.mark.parametrize("size", [(64, 64), (97, 133), (33, 21)])

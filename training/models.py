@@ -136,11 +136,18 @@ def multiscale_attention(encoder: Encoder, images: torch.Tensor, scales: Sequenc
     return merged
 
 
+# Unpooling switches are a softmax over each 2x2 window at this temperature, not a hard argmax: two nearly equal
+# activations then share the value rather than hand it whole to whichever wins by a rounding difference, which
+# made ONNX Runtime's and PyTorch's probabilities differ by up to 0.1 at a few pixels. The decoder's activations
+# come out of batch norm + ReLU at a scale of about 1, so at 0.1 the switches are still nearly one-hot.
+SWITCH_TEMPERATURE = 0.1
+
+
 class SwitchUnpool(nn.Module):
     """Max-unpooling from pooling "switches" using only standard ops (TensorRT has no MaxUnpool).
 
-    The switch mask marks, in each 2x2 window of the pre-pool input, the positions equal to the window's
-    max; unpooling puts the value there via a nearest upsample times that mask.
+    The switches weight the positions of each 2x2 window of the pre-pool input (1 at a clear maximum);
+    unpooling puts the value there via a nearest upsample times those weights.
     """
 
     def forward(self, pooled: torch.Tensor, switches: torch.Tensor) -> torch.Tensor:
@@ -149,10 +156,15 @@ class SwitchUnpool(nn.Module):
 
 
 def max_pool_with_switches(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2x2 max-pool (ceil mode, so odd sizes round-trip) and the mask of positions that were the max."""
+    """2x2 max-pool (ceil mode, so odd sizes round-trip) and the soft switches: per window, the softmax of the
+    positions' values at ``SWITCH_TEMPERATURE``."""
+    size = x.shape[-2:]
     pooled = F.max_pool2d(x, 2, 2, ceil_mode=True)
-    switches = (x == F.interpolate(pooled, size=x.shape[-2:], mode="nearest")).to(x.dtype)
-    return pooled, switches
+    weights = torch.exp((x - F.interpolate(pooled, size=size, mode="nearest")) / SWITCH_TEMPERATURE)
+    # Window sums: one zero row and column padded on, then floor-mode pooling covers ceil(H/2) x ceil(W/2)
+    # windows whatever the parity, with no size-dependent constant in an exported graph.
+    sums = 4 * F.avg_pool2d(F.pad(weights, (0, 1, 0, 1)), 2, 2)
+    return pooled, weights / F.interpolate(sums, size=size, mode="nearest")
 
 
 class Decoder(nn.Module):
