@@ -5,6 +5,10 @@ Variants share the encoder's relevant intervals, so they are scored on the same 
   attention only     graph cut with the attention unary (lambda_m = lambda_c = 0)
   motion+appearance  graph cut without attention (lambda_a = 0): the configuration of Papazoglou & Ferrari
   all terms          lambda_a = 2, lambda_m = 1, lambda_c = 2 (the paper)
+  all terms, soft attention + joint seeds
+                     the same lambdas, the attention unary clipped to [0.3, 0.7] and the colour GMMs seeded
+                     from the attention and motion unaries together (VideoSegConfig.attention_floor,
+                     appearance_seeds = "unary")
 
     python benchmarks/ablation_videoseg.py --world runs/demo/world --model runs/demo/encoder --out runs/ablation
 """
@@ -24,6 +28,8 @@ VARIANTS: dict[str, SegmentVideosConfig] = {
     "attention only": SegmentVideosConfig(videoseg=VideoSegConfig(lambda_m=0.0, lambda_c=0.0)),
     "motion+appearance": SegmentVideosConfig(videoseg=VideoSegConfig(lambda_a=0.0)),
     "all terms": SegmentVideosConfig(),
+    "all terms, soft attention + joint seeds": SegmentVideosConfig(
+        videoseg=VideoSegConfig(attention_floor=0.3, appearance_seeds="unary")),
 }
 
 
@@ -31,7 +37,7 @@ def run_ablation(world: Path, model: Path, out: Path, workers: int = 2) -> dict[
     """Segment the world's videos with every variant; returns {variant: evaluate_videos report}."""
     reports = {}
     for name, config in VARIANTS.items():
-        pred = out / name.replace(" ", "_").replace("+", "_")
+        pred = out / "".join(c if c.isalnum() else "_" for c in name)
         segment_videos(world / "web", pred, config, model_dir=model, workers=workers)
         reports[name] = evaluate_videos(pred, world / "davis")
     return reports

@@ -48,6 +48,22 @@ class VideoSegConfig:
     pairwise_weight: float = 4.0  # scale of the Potts terms (tuned on 4 DAVIS-2016 sequences)
     colour_sigma: float = 10.0  # phi_c bandwidth, in Lab units
     probability_floor: float = 0.02  # unary probabilities are clipped to [floor, 1 - floor]
+    # The attention unary's own floor. A CAM is a relative score, near 0 on most of an object outside its
+    # discriminative part; at the general floor its -log vetoes the rest of the body that motion and colour
+    # find (measured on the synthetic world's videos: all terms 69.1 video mIoU at 0.02, 78.7 at 0.3 with
+    # appearance_seeds = "unary").
+    attention_floor: float = 0.02
+    # What seeds the colour GMMs: "attention" thresholds the attention (the paper's words); "unary" thresholds
+    # the foreground probability of the attention and motion unaries together, so the foreground model learns
+    # the colours of the moving body as well as those of the attended part.
+    appearance_seeds: str = "attention"
+
+    def __post_init__(self) -> None:
+        if self.appearance_seeds not in ("attention", "unary"):
+            raise ValueError(f"appearance_seeds must be 'attention' or 'unary', not {self.appearance_seeds!r}")
+        for name in ("probability_floor", "attention_floor"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise ValueError(f"{name} must lie in (0, 0.5), got {getattr(self, name)}")
 
 
 def _check_inputs(frames: np.ndarray, attention: np.ndarray | None) -> None:
@@ -70,6 +86,11 @@ def _negative_log(probability: np.ndarray, floor: float) -> np.ndarray:
     """Unary costs (N, 2) -log P(l=0), -log P(l=1) of a foreground probability (N,)."""
     p = np.clip(probability, floor, 1.0 - floor)
     return -np.log(np.stack([1.0 - p, p], axis=1))
+
+
+def _foreground_probability(unary: np.ndarray) -> np.ndarray:
+    """P(l = 1) of unary costs (N, 2) read as negative log-likelihoods: 1 / (1 + exp(cost_1 - cost_0))."""
+    return 1.0 / (1.0 + np.exp(np.clip(unary[:, 1] - unary[:, 0], -50.0, 50.0)))
 
 
 def _appearance(colours: np.ndarray, foreground_score: np.ndarray, config: VideoSegConfig) -> np.ndarray | None:
@@ -152,12 +173,13 @@ def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: Vid
 
     unary = np.zeros((num_frames * per_frame, 2))
     if use_attention:
-        unary += config.lambda_a * _negative_log(score, config.probability_floor)
+        unary += config.lambda_a * _negative_log(score, config.attention_floor)
     if motion is not None and config.lambda_m > 0:
         unary += config.lambda_m * _negative_log(motion, config.probability_floor)
     appearance = None
     if use_appearance:
-        fitted = _appearance(rgb[present], score[present], config)
+        seeds = score if config.appearance_seeds == "attention" or attention is None else _foreground_probability(unary)
+        fitted = _appearance(rgb[present], seeds[present], config)
         if fitted is not None:
             appearance = np.full(len(unary), 0.5)
             appearance[present] = fitted

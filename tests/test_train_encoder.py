@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from wsvs.training.cam import EvalCamConfig, evaluate_cam
+from wsvs.training.cli import main
 from wsvs.training.train_encoder import TrainEncoderConfig, augment, train_encoder
 
 
@@ -67,11 +68,41 @@ def test_trained_encoder_classifies_and_gives_a_cam_baseline(world_dir: Path, en
     assert result["table"]["classes"][0] == "background" and "CAM baseline" in result["table_text"]
 
 
-@pytest.mark.xfail(strict=True, reason="open in the foundation issue: the from-scratch encoder's CAM is a blob "
-                   "wider than the object (recall of object pixels 0.84 at threshold 0.3), not the part alone")
-def test_cam_covers_well_under_the_object(world_dir: Path, encoder_dir: Path) -> None:
-    # the world is built so the CAM lights up the discriminative part, not the whole body
-    assert evaluate_cam(encoder_dir, world_dir / "images", EvalCamConfig(split="val"))["cam_recall"] < 0.75
+@pytest.fixture(scope="module")
+def demo_encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The default synthetic world and the demo preset's encoder on it (about 2.5 minutes on 2 cores)."""
+    from wsvs.runtime.config import load_config
+    from wsvs.training.pipeline import PipelineConfig, preset_path
+    from wsvs.training.world import generate_world
+
+    config = load_config(PipelineConfig, preset_path("demo"))
+    root = tmp_path_factory.mktemp("demo")
+    world = generate_world(config.world, root / "world")
+    return world / "images", train_encoder(world / "images", root / "encoder", config.encoder)
+
+
+def test_demo_encoder_classifies_and_its_cam_covers_well_under_the_object(demo_encoder) -> None:
+    """On the default world: val mAP >= 0.9, and the CAM of Eq. 2 lights up the discriminative part, not the
+    whole body (measured: mAP 0.952, recall 0.508 of object pixels; the multi-scale attention's max over
+    scales widens it to 0.701)."""
+    data, model = demo_encoder
+    history = json.loads((model / "model.json").read_text())["extra"]["encoder_training"]["history"]
+    assert history[-1]["map"] >= 0.9, history[-1]
+    single = evaluate_cam(model, data, EvalCamConfig(split="val", scales=(1.0,)))
+    assert single["cam_recall"] < 0.6, single["cam_recall"]
+    assert single["miou"] > 0.2, single["table_text"]  # a baseline that segments: the part and around it
+
+
+def test_eval_cam_scales_override_the_checkpoints(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
+    """--scales 1 scores Eq. 2's CAM alone; the multi-scale attention is a max over scales that include 1, so it
+    covers at least as much of every object."""
+    out = tmp_path / "single.json"
+    assert main(["eval-cam", "--model", str(encoder_dir), "--data", str(world_dir / "images"), "--scales", "1",
+                 "--json", str(out)]) == 0
+    single = json.loads(out.read_text())
+    multi = evaluate_cam(encoder_dir, world_dir / "images", EvalCamConfig(split="val"))
+    assert single["scales"] == [1.0] and len(multi["scales"]) > 1 and 1.0 in multi["scales"]
+    assert single["cam_recall"] < multi["cam_recall"]
 
 
 def test_cam_cli_writes_overlays_per_predicted_class(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ video-supervised decoder must beat.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,8 @@ class EvalCamConfig:
     split: str = "val"
     cam_threshold: float = 0.3
     class_threshold: float | None = None  # None: the checkpoint's own threshold
+    # attention input scales; None: the checkpoint's (the multi-scale attention of §3.2), (1.0,): Eq. 2's CAM alone
+    scales: tuple[float, ...] | None = None
 
 
 def evaluate_cam(model_dir: Path, data: Path, config: EvalCamConfig, out: Path | None = None) -> dict:
@@ -146,6 +148,8 @@ def evaluate_cam(model_dir: Path, data: Path, config: EvalCamConfig, out: Path |
     from .voc import VOCDataset
 
     attention_model = FrameAttention.load(model_dir)
+    if config.scales:
+        attention_model.meta = replace(attention_model.meta, scales=tuple(config.scales))
     meta = attention_model.meta
     class_threshold = meta.class_threshold if config.class_threshold is None else config.class_threshold
     dataset = VOCDataset(data, config.split, class_names=attention_model.class_names)
@@ -169,6 +173,7 @@ def evaluate_cam(model_dir: Path, data: Path, config: EvalCamConfig, out: Path |
         "images": len(dataset),
         "cam_threshold": config.cam_threshold,
         "class_threshold": class_threshold,
+        "scales": list(meta.scales),
         "miou": matrix.miou(),
         "cam_recall": covered / max(total, 1),
         "table": iou_table_json({"CAM baseline": matrix.iou()}, names),
@@ -210,7 +215,8 @@ def run_cam(args: argparse.Namespace) -> int:
 def run_eval_cam(args: argparse.Namespace) -> int:
     from wsvs.runtime.config import load_config
 
-    config = load_config(EvalCamConfig, args.config, split=args.split, cam_threshold=args.cam_threshold)
+    config = load_config(EvalCamConfig, args.config, split=args.split, cam_threshold=args.cam_threshold,
+                         scales=tuple(args.scales) if args.scales else None)
     result = evaluate_cam(args.model, args.data, config, args.out)
     print(result["table_text"])
     print(f"mIoU {100 * result['miou']:.1f}  CAM recall of object pixels {100 * result['cam_recall']:.1f}%")
@@ -238,6 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", type=Path, required=True, help="VOC-layout folder (JPEGImages, SegmentationClass)")
     ev.add_argument("--split", default=None, help="split name or list file (default: val)")
     ev.add_argument("--cam-threshold", type=float, default=None, help="normalised CAM threshold (default 0.3)")
+    ev.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                    help="attention input scales (default: the checkpoint's multi-scale set; 1 = the CAM of Eq. 2)")
     ev.add_argument("--config", type=Path, default=None, help="YAML with EvalCamConfig keys")
     ev.add_argument("--out", type=Path, default=None, help="folder for palette PNG masks and eval_cam.json")
     ev.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
