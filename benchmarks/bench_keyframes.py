@@ -9,14 +9,14 @@ The window column is the cost of the clip windows afterwards: +-2 s around every
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from wsvs.runtime.keyframes import iter_keyframes, merge_windows, window_times
+from wsvs.training.bench import time_calls
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 CLIPS = ("cockatoo", "realshort", "bikes", "carphone_pristine", "bigbuckbunny")
@@ -61,13 +61,8 @@ def test_keyframes_full_decode(benchmark, name: str) -> None:
 
 
 def _median_ms(fn, path: Path, repeats: int) -> float:
-    fn(path)  # warm-up (file cache, codec initialisation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(path)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    # one warm-up call: file cache, codec initialisation
+    return 1000 * float(np.median(time_calls(lambda: fn(path), repeats, warmup=1)))
 
 
 def main(repeats: int = 7) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ from onnx import TensorProto, helper
 
 from wsvs.cuda_kernels import pooling
 from wsvs.runtime.pooling import superpixel_pool
+from wsvs.training.bench import time_calls
 
 HEIGHT, WIDTH = 360, 480
 CASES = [(superpixels, channels) for superpixels in (600, 1000) for channels in (1, 5, 20)]
@@ -48,13 +48,7 @@ def make_inputs(batch: int, superpixels: int, channels: int) -> tuple[np.ndarray
 
 
 def median_seconds(function: Callable[[], object], repeats: int = 15) -> float:
-    function()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+    return float(np.median(time_calls(function, repeats, warmup=1)))
 
 
 def copy_rate() -> float:
