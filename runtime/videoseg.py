@@ -88,9 +88,9 @@ def _negative_log(probability: np.ndarray, floor: float) -> np.ndarray:
     return -np.log(np.stack([1.0 - p, p], axis=1))
 
 
-def _foreground_probability(unary: np.ndarray) -> np.ndarray:
-    """P(l = 1) of unary costs (N, 2) read as negative log-likelihoods: 1 / (1 + exp(cost_1 - cost_0))."""
-    return 1.0 / (1.0 + np.exp(np.clip(unary[:, 1] - unary[:, 0], -50.0, 50.0)))
+def _foreground_posterior(log_ratio: np.ndarray) -> np.ndarray:
+    """P(fg) = 1 / (1 + exp(log_ratio)) of log_ratio = log p_bg - log p_fg (clipped so exp stays finite)."""
+    return 1.0 / (1.0 + np.exp(np.clip(log_ratio, -50.0, 50.0)))
 
 
 def _appearance(colours: np.ndarray, foreground_score: np.ndarray, config: VideoSegConfig) -> np.ndarray | None:
@@ -106,8 +106,7 @@ def _appearance(colours: np.ndarray, foreground_score: np.ndarray, config: Video
         return None
     fg = fit_weighted_gmm(colours, fg_weights, config.gmm_components)
     bg = fit_weighted_gmm(colours, bg_weights, config.gmm_components)
-    log_ratio = np.clip(bg.log_likelihood(colours) - fg.log_likelihood(colours), -50.0, 50.0)
-    return 1.0 / (1.0 + np.exp(log_ratio))
+    return _foreground_posterior(bg.log_likelihood(colours) - fg.log_likelihood(colours))
 
 
 def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: VideoSegConfig) -> tuple[np.ndarray, dict]:
@@ -178,7 +177,9 @@ def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: Vid
         unary += config.lambda_m * _negative_log(motion, config.probability_floor)
     appearance = None
     if use_appearance:
-        seeds = score if config.appearance_seeds == "attention" or attention is None else _foreground_probability(unary)
+        # unary costs are -log p, so cost_1 - cost_0 is the log-ratio of background to foreground
+        joint = config.appearance_seeds == "unary" and attention is not None
+        seeds = _foreground_posterior(unary[:, 1] - unary[:, 0]) if joint else score
         fitted = _appearance(rgb[present], seeds[present], config)
         if fitted is not None:
             appearance = np.full(len(unary), 0.5)
