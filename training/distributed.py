@@ -12,9 +12,14 @@ not depend on the number of processes. Only rank 0 evaluates and writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str) -> str:
@@ -71,7 +76,8 @@ class Replica:
         dist.all_reduce(tensor)
         return float(tensor.item())
 
-    def train_epoch(self, batches: list[np.ndarray], optimizer, batch_loss, desc: str) -> float:
+    def train_epoch(self, batches: list[np.ndarray], optimizer: torch.optim.Optimizer,
+                    batch_loss: Callable[[np.ndarray], tuple[torch.Tensor, int]], desc: str) -> float:
         """One pass over ``batches``: ``batch_loss(batch)`` gives this process's mean loss on its share and the
         share's size; each loss takes one optimiser step. Returns the mean loss per item over all processes."""
         from tqdm import tqdm

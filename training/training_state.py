@@ -8,16 +8,20 @@ Only the epoch count may grow between runs: anything else would mix two training
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsvs.runtime.config import dump_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path
 
+if TYPE_CHECKING:
+    import torch
+
 STATE_FILE = "train_state.pt"
 
 
-def resume_state(folder: Path, module, optimizer, config, device: str) -> tuple[int, list[dict[str, Any]]]:
+def resume_state(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Any,
+                 device: str) -> tuple[int, list[dict[str, Any]]]:
     """Load ``folder``'s training state into ``module`` and ``optimizer``; returns (finished epochs, history),
     (0, []) when there is none. A damaged state or another config is an InputError naming the file."""
     import torch
@@ -36,7 +40,9 @@ def resume_state(folder: Path, module, optimizer, config, device: str) -> tuple[
     return int(state["epoch"]), list(state["history"])
 
 
-def save_state(folder: Path, module, optimizer, config, epoch: int, history: list[dict[str, Any]]) -> None:
+def save_state(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Any, epoch: int,
+               history: list[dict[str, Any]]) -> None:
+    """Write ``folder``'s training state after ``epoch`` finished epochs (atomically)."""
     import torch
 
     with atomic_path(folder / STATE_FILE) as tmp:
