@@ -133,6 +133,22 @@ def write_image_rgb(path: str | Path, image: np.ndarray) -> None:
             raise InputError(path, "could not write image")
 
 
+def add_h264_stream(container: Any, rate: Any, width: int, height: int, crf: int, preset: str,
+                    x264_params: str = "") -> Any:
+    """A libx264 yuv420p stream of a PyAV output container whose bytes depend on the frames only.
+
+    One thread and no macroblock-tree rate control: with mbtree this libx264 gives different bytes from run
+    to run for the same frames, so clips, their segmentations and everything trained on them would drift.
+    ``x264_params`` adds to those settings (e.g. a fixed GOP).
+    """
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.thread_count = 1
+    params = ":".join(p for p in (x264_params, "threads=1:no-mbtree=1") if p)
+    stream.options = {"crf": str(crf), "preset": preset, "x264-params": params}
+    return stream
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend the palette colours of a label map over an RGB image; background (0) and void stay as is."""
     colours = voc_palette()[labels]

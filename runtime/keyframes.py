@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from .errors import InputError
-from .io import atomic_path
+from .io import add_h264_stream, atomic_path
 
 # A rate for streams that declare none (rare; some raw or broken files).
 FALLBACK_RATE = Fraction(25)
@@ -102,11 +102,7 @@ def cut_clip(path: str | Path, start: float, end: float, out: str | Path) -> int
         count = 0
         with atomic_path(out) as tmp:
             with av.open(str(tmp), "w", format="mp4") as sink:
-                encoder = sink.add_stream("libx264", rate=rate)
-                encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-                # One thread and fixed settings: the same frames always give the same bytes.
-                encoder.codec_context.thread_count = 1
-                encoder.options = {"preset": "veryfast", "crf": "20"}
+                encoder = add_h264_stream(sink, rate, width, height, crf=20, preset="veryfast")
                 try:
                     for frame in _iter_window_frames(container, stream, start, end):
                         clip_frame = frame.reformat(width=width, height=height, format="yuv420p")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .backends import open_backend, select_backend
 from .errors import InputError
 from .image_segmenter import network_size
-from .io import atomic_path, overlay, write_json, write_palette_png
+from .io import add_h264_stream, atomic_path, overlay, write_json, write_palette_png
 from .keyframes import open_video
 from .preprocess import normalise, resize_rgb
 from .videoseg import VideoSegConfig, segment_frames
@@ -104,9 +104,8 @@ class OverlayWriter:
     def write(self, image: np.ndarray) -> None:
         image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]  # yuv420p needs even sides
         if self.stream is None:
-            self.stream = self.container.add_stream("libx264", rate=self.fps)
-            self.stream.height, self.stream.width = image.shape[:2]
-            self.stream.pix_fmt = "yuv420p"
+            self.stream = add_h264_stream(self.container, self.fps, image.shape[1], image.shape[0], crf=23,
+                                          preset="veryfast")
         self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), "rgb24")))
 
     def close(self) -> None:

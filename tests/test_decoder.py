@@ -156,7 +156,7 @@ def table1(world_dir: Path, encoder_dir: Path, decoder_dir: Path, tmp_path_facto
 
 def test_table1_in_miniature(encoder_dir: Path, table1: dict) -> None:
     """The decoder trained on video masks, and its adapted copy, beat the CAM baseline on the small world's val
-    split (measured: +8 to +12 points over the code's recent versions)."""
+    split (measured: CAM 35.3, decoder 54.4, adapted 54.3)."""
     assert table1["decoder"] >= table1["cam"] + 0.05, table1
     assert table1["adapted"] >= table1["cam"] + 0.05, table1
     assert "bkg" in table1["decoder_table"] and "decoder + DA" in table1["adapted_table"]

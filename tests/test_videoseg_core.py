@@ -178,6 +178,19 @@ def test_segment_frames_motion_and_appearance_find_a_moving_disc():
     assert set(info["timings_s"]) >= {"superpixels", "flow", "motion", "pooling", "gmm", "edges", "graphcut"}
 
 
+def test_zero_attention_weight_ignores_the_attention_maps():
+    """lambda_a = 0 is the motion + appearance variant: its colour GMMs start from motion, so the attention
+    passed along (for the encoder's frame choice) must not change the masks, even when it marks the
+    background only."""
+    frames, truth = _moving_disc_video()
+    config = VideoSegConfig(lambda_a=0.0, num_superpixels=150)
+    without, _ = segment_frames(frames, None, config)
+    misleading, info = segment_frames(frames, (~truth).astype(np.float32), config)
+    assert info["terms"] == {"attention": False, "motion": True, "appearance": True}
+    assert np.array_equal(without, misleading)
+    assert np.mean([binary_iou(m, g) for m, g in zip(misleading, truth)]) > 0.85
+
+
 def test_segment_frames_attention_only_follows_the_attention():
     frames, truth = _moving_disc_video()
     # A soft attention over the disc is the only unary: lambda_m = lambda_c = 0.

@@ -152,7 +152,7 @@ def test_classes_differ_only_by_a_small_part():
             body = obj & ~part
             assert max(hue_matches(sample.image[body], class_colour(c, k)).mean() for c in range(k)) < 0.05
     assert max(fractions) < 0.25
-    assert 0.08 < np.mean(fractions) < 0.17
+    assert 0.06 < np.mean(fractions) < 0.12  # drawn at 8-11 %; overlaps, occluders and borders trim some
 
 
 def test_image_plans_mix_classes_and_stay_balanced():
