@@ -49,7 +49,8 @@ class GraphPaths:
 def graph_modules(model: WSVSModel, meta: ModelMetadata, top_k: int) -> dict[str, torch.nn.Module]:
     """The export wrappers of each graph, in eval mode."""
     return {
-        "segmenter": SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold, top_k).eval(),
+        "segmenter": SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold,
+                                    meta.foreground_threshold, top_k).eval(),
         "encoder": EncoderGraph(model.encoder, meta.scales).eval(),
         "decoder": DecoderGraph(model.decoder).eval(),
     }
@@ -81,7 +82,7 @@ def graph_metadata(meta: ModelMetadata, graph: str, precision: str, top_k: int) 
         "input_size": str(meta.input_size),
         "scales": json.dumps(list(meta.scales)),
         "class_threshold": repr(meta.class_threshold),
-        "foreground_threshold": "0.5",
+        "foreground_threshold": repr(meta.foreground_threshold),
         "top_k": str(top_k),
         "decoder_trained": json.dumps(meta.decoder_trained),
     }

@@ -5,8 +5,8 @@ integer element (labels, classes) when it is equal. A graph passes when every fl
 ``min_agreement`` of its elements and every integer output on ``min_label_agreement``.
 
 fp32 graphs must agree everywhere; reduced precision on a fraction of the elements, since fp16 rounding or an
-int8 step near a decision (a class score at the threshold, a decoder output at 0.5) moves a few values a lot
-while the labels stay equal almost everywhere. The decoder's unpooling switches are soft (see
+int8 step near a decision (a class score at the class threshold, a decoder output at the foreground threshold)
+moves a few values a lot while the labels stay equal almost everywhere. The decoder's unpooling switches are soft (see
 ``wsvs.training.models.SWITCH_TEMPERATURE``) so that a last-bit difference upstream cannot move one.
 """
 
@@ -110,7 +110,8 @@ def reference_segmentation(model: WSVSModel, meta: ModelMetadata, images: torch.
                 class_attention = attention[n, classes[n, slot]][None, None]
                 probs[n, slot] = torch.sigmoid(model.decoder(class_attention))[0, 0]
     best, best_slot = probs.max(dim=1)
-    labels = torch.where(best >= 0.5, classes.gather(1, best_slot.flatten(1)).reshape(best.shape) + 1, 0)
+    best_class = classes.gather(1, best_slot.flatten(1)).reshape(best.shape)
+    labels = torch.where(best >= meta.foreground_threshold, best_class + 1, 0)
     return scores, classes, probs, labels.to(torch.int32)
 
 

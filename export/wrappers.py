@@ -48,7 +48,7 @@ class SegmenterGraph(nn.Module):
 
     The ``top_k`` most likely classes of each image (k fixed at export) get multi-scale attention and go
     through the decoder as one batch of N*k maps; the slots of classes under the threshold are zeroed, so
-    a pixel is background unless some confident class has foreground probability >= 0.5.
+    a pixel is background unless some confident class has foreground probability >= ``foreground_threshold``.
 
     Outputs: ``scores`` (N, C) class probabilities; ``classes`` (N, k) int64 indices of the selected
     classes, most likely first; ``probs`` (N, k, H, W) foreground probability of each selected class
@@ -56,12 +56,13 @@ class SegmenterGraph(nn.Module):
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, scales: Sequence[float], class_threshold: float,
-                 top_k: int) -> None:
+                 foreground_threshold: float, top_k: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.scales = tuple(scales)
         self.class_threshold = class_threshold
+        self.foreground_threshold = foreground_threshold
         self.top_k = top_k
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -78,8 +79,8 @@ class SegmenterGraph(nn.Module):
         probs = foreground * (top_scores > self.class_threshold).to(foreground.dtype)[:, :, None, None]
         best, slot = probs.max(dim=1)
         best_class = torch.gather(classes, 1, slot.flatten(1)).reshape(slot.shape)
-        labels = torch.where(best >= 0.5, best_class + 1, torch.zeros_like(best_class)).to(torch.int32)
-        return scores, classes, probs, labels
+        labels = torch.where(best >= self.foreground_threshold, best_class + 1, torch.zeros_like(best_class))
+        return scores, classes, probs, labels.to(torch.int32)
 
 
 class EncoderGraph(nn.Module):

@@ -55,9 +55,22 @@ def test_resume_refuses_a_different_config(world_dir: Path, tmp_path: Path) -> N
 def test_augment_keeps_size_and_content() -> None:
     rng = np.random.default_rng(0)
     image = np.full((50, 80, 3), 200, np.uint8)
-    out = augment(image, 64, (0.7, 1.3), rng)
+    out, _ = augment(image, 64, (0.7, 1.3), rng)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     assert (out == 200).mean() > 0.3  # the image is in the crop, padding is black
+
+
+def test_augment_moves_a_label_map_with_its_image() -> None:
+    image = np.zeros((60, 90, 3), np.uint8)
+    labels = np.zeros((60, 90), np.uint8)
+    image[10:30, 50:80], labels[10:30, 50:80] = 255, 3
+    for seed in range(8):
+        out, out_labels = augment(image, 64, (0.7, 1.3), np.random.default_rng(seed), labels)
+        assert out_labels.shape == (64, 64) and set(np.unique(out_labels)) <= {0, 3, 255}
+        # the labelled box is where the bright box is, padding is void exactly where the image is padding
+        bright, boxed = out[..., 0] > 127, out_labels == 3
+        assert (bright ^ boxed).mean() < 0.02
+        assert ((out_labels == 255) <= (out.max(axis=2) == 0)).all()
 
 
 def test_trained_encoder_classifies_and_gives_a_cam_baseline(world_dir: Path, encoder_dir: Path) -> None:

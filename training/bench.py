@@ -94,7 +94,8 @@ def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.n
     if threads:
         torch.set_num_threads(threads)
     model, meta = load_checkpoint(model_dir)
-    graph = SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold, top_k).eval()
+    graph = SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold,
+                           meta.foreground_threshold, top_k).eval()
 
     def run(inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

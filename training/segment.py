@@ -1,8 +1,9 @@
 """Semantic segmentation with the whole network (§3.4); `wsvs segment` for images and videos.
 
-The classes whose probability passes the checkpoint's threshold are present; the decoder turns the multi-scale
-attention of each into a foreground probability map, and each pixel takes the present class of highest
-probability, or background where that probability is below 0.5 (or no class is present).
+The classes whose probability passes the checkpoint's class threshold are present; the decoder turns the
+multi-scale attention of each into a foreground probability map, and each pixel takes the present class of
+highest probability, or background where that probability is below the checkpoint's foreground threshold (or no
+class is present).
 
 `wsvs segment` runs the checkpoint in PyTorch, or its exported graphs (`wsvs-export`) on the torch-free runtime:
 TensorRT, ONNX Runtime CUDA or CPU; ``--backend auto`` takes the fastest that loads and says which.
@@ -20,15 +21,13 @@ from wsvs.runtime.errors import InputError
 from wsvs.runtime.image_segmenter import image_paths
 from wsvs.runtime.io import VIDEO_SUFFIXES, overlay, read_image_rgb, write_image_rgb, write_palette_png
 
-FOREGROUND_THRESHOLD = 0.5
 
-
-def labels_from_foreground(foreground: np.ndarray) -> np.ndarray:
+def labels_from_foreground(foreground: np.ndarray, threshold: float) -> np.ndarray:
     """(N, C, H, W) foreground probabilities (0 for absent classes) -> (N, H, W) uint8 labels:
-    1 + the class of highest probability, 0 (background) where that probability is below 0.5."""
+    1 + the class of highest probability, 0 (background) where that probability is below ``threshold``."""
     best = foreground.argmax(axis=1)
     peak = foreground.max(axis=1)
-    return np.where(peak >= FOREGROUND_THRESHOLD, best + 1, 0).astype(np.uint8)
+    return np.where(peak >= threshold, best + 1, 0).astype(np.uint8)
 
 
 def segment_images(model, meta, images: np.ndarray, present: np.ndarray | None = None,
@@ -56,7 +55,7 @@ def segment_images(model, meta, images: np.ndarray, present: np.ndarray | None =
         else:
             foreground = torch.zeros(*chosen.shape, *images.shape[1:3])
         foreground = foreground.cpu().numpy()
-    return labels_from_foreground(foreground), scores.cpu().numpy(), foreground
+    return labels_from_foreground(foreground, meta.foreground_threshold), scores.cpu().numpy(), foreground
 
 
 def decode_classes(decoder, attention, chosen):
@@ -163,7 +162,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "segment", help="segment images and videos with the encoder and decoder (paper §3.4)",
         description="For each image or frame: classes over the checkpoint's threshold, the decoder's foreground "
-        "probability from each class's multi-scale attention, pixel-wise maximum (background below 0.5). Writes "
+        "probability from each class's multi-scale attention, pixel-wise maximum (background below the "
+        "checkpoint's foreground threshold). Writes "
         "<out>/<name>.png (VOC-palette label map) and <out>/<name>_overlay.jpg per image, and "
         "<out>/<video>/masks/*.png, overlay.mp4 and summary.json per video. Videos and the TensorRT / ONNX Runtime "
         "backends use the graphs of `wsvs-export`.")

@@ -56,21 +56,33 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return aps
 
 
-def augment(image: np.ndarray, size: int, jitter: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
-    """Random rescale, flip and a size x size crop (zero padding where the image is smaller)."""
+def augment(image: np.ndarray, size: int, jitter: tuple[float, ...], rng: np.random.Generator,
+            labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random rescale, flip and a size x size crop (zero padding where the image is smaller). ``labels``, an
+    (H, W) uint8 label map, when given, goes through the same steps (nearest neighbour, padding 255 = void)."""
+    import cv2
+
     from wsvs.runtime.preprocess import resize_rgb
 
     scale = rng.uniform(jitter[0], jitter[1]) * size / max(image.shape[:2])
     height, width = (max(1, round(d * scale)) for d in image.shape[:2])
     image = resize_rgb(image, (height, width))
+    if labels is not None:
+        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
     if rng.random() < 0.5:
         image = image[:, ::-1]
-    canvas = np.zeros((size, size, 3), np.uint8)
+        labels = None if labels is None else labels[:, ::-1]
     top, left = rng.integers(0, max(height - size, 0) + 1), rng.integers(0, max(width - size, 0) + 1)
     crop = image[top:top + size, left:left + size]
     oy, ox = rng.integers(0, size - crop.shape[0] + 1), rng.integers(0, size - crop.shape[1] + 1)
-    canvas[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
-    return canvas
+    window = slice(oy, oy + crop.shape[0]), slice(ox, ox + crop.shape[1])
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[window] = crop
+    if labels is None:
+        return canvas, None
+    label_canvas = np.full((size, size), 255, np.uint8)
+    label_canvas[window] = labels[top:top + size, left:left + size]
+    return canvas, label_canvas
 
 
 def evaluate_classifier(model, meta, dataset, device: str) -> dict:
@@ -131,7 +143,7 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
 
         def batch_loss(batch: np.ndarray, rng: np.random.Generator = rng) -> tuple[torch.Tensor, int]:
             # every process draws the whole batch's augmentations, so the random stream does not depend on them
-            images = np.stack([augment(train_set.image(i), config.input_size, config.scale_jitter, rng)
+            images = np.stack([augment(train_set.image(i), config.input_size, config.scale_jitter, rng)[0]
                                for i in batch])
             x = torch.from_numpy(normalise(replica.share(images), meta.mean, meta.std)).to(device)
             y = torch.from_numpy(labels[replica.share(batch)]).to(device)
