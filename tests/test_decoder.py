@@ -169,13 +169,13 @@ def table1(world_dir: Path, encoder_dir: Path, decoder_dir: Path, tmp_path_facto
 
 
 def test_table1_in_miniature(world_dir: Path, encoder_dir: Path, decoder_dir: Path, table1: dict) -> None:
-    """The decoder trained on video masks, and its adapted copy, beat the CAM baseline on the small world's val
-    split (measured: CAM 35.3, decoder 54.4, adapted 54.3)."""
+    """Table 1's order on the small world's val split: CAM baseline < decoder trained on video masks (by at
+    least 10 points) < + domain adaptation (measured: CAM 35.3, decoder 54.4, adapted 56.0)."""
     from wsvs.training.train_encoder import evaluate_classifier
     from wsvs.training.voc import VOCDataset
 
-    assert table1["decoder"] >= table1["cam"] + 0.05, table1
-    assert table1["adapted"] >= table1["cam"] + 0.05, table1
+    assert table1["decoder"] >= table1["cam"] + 0.10, table1
+    assert table1["adapted"] > table1["decoder"], table1
     assert "bkg" in table1["decoder_table"] and "decoder + DA" in table1["adapted_table"]
     adapted_dir = table1["adapted_dir"]
     # Adaptation fine-tunes the encoder too, and its image-level loss keeps the classification; each stage
