@@ -146,7 +146,7 @@ def test_the_calibrated_threshold_maximises_iou_with_the_masks() -> None:
     probability = np.full((20, 20), 0.1, np.float32)
     probability[mask] = 0.3
     probability[8:12, 8:12] = 0.8
-    threshold, iou = calibrate_threshold([probability, probability], [mask, mask])
+    threshold, iou = calibrate_threshold([(probability, mask), (probability, mask)])
     assert 0.1 < threshold <= 0.3 and iou[str(threshold)] == 1.0
     assert iou["0.5"] == pytest.approx(16 / 100) and iou["0.1"] == pytest.approx(100 / 400)
 

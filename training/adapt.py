@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,20 +150,17 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
         classification = F.binary_cross_entropy_with_logits(logits, y.to(replica.device))
         return segmentation / scored.sum().clamp_min(1) + classification, len(share)
 
-    def calibration_pairs() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def predictions() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         labelled = dict(zip(images.indices, zip(images.labels, images.classes)))
-        probabilities, masks = [], []
         device = str(next(model.parameters()).device)
         for i, _, _, foreground in segment_dataset(model, meta, dataset, use_image_labels=True, device=device):
             if i in labelled:
                 labels, classes = labelled[i]
-                probabilities += [foreground[c] for c in classes]
-                masks += [labels == c + 1 for c in classes]
-        return probabilities, masks
+                yield from ((foreground[c], labels == c + 1) for c in classes)
 
     record = {"source": str(model_dir.resolve()), "data": str(data.resolve()), "pairs": counts}
     network = adaptation_network(model, meta.scales)
-    return fit(model, meta, network, len(images.indices), batch_loss, calibration_pairs, out, config,
+    return fit(model, meta, network, len(images.indices), batch_loss, predictions, out, config,
                "adaptation", record, resume), counts
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,29 +92,26 @@ def augment_pair(attention: np.ndarray, mask: np.ndarray, size: int, jitter: Seq
     return canvas, scored
 
 
-def decoder_probabilities(decoder, attention: Sequence[np.ndarray], device: str) -> list[np.ndarray]:
-    """The decoder's foreground probability (float32, (H, W)) for each attention map, in batches of same-size maps."""
+def decoder_predictions(decoder, pairs: Pairs, device: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(foreground probability, mask) of each pair, the decoder run on batches of same-size attention maps."""
     import torch
 
     by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, att in enumerate(attention):
-        by_shape.setdefault(att.shape, []).append(i)
-    probabilities: list[np.ndarray] = [np.empty(0)] * len(attention)
+    for i, attention in enumerate(pairs.attention):
+        by_shape.setdefault(attention.shape, []).append(i)
     decoder.eval()
     with torch.inference_mode():
         for indices in by_shape.values():
             for start in range(0, len(indices), SCORE_BATCH):
                 chunk = indices[start:start + SCORE_BATCH]
-                x = torch.from_numpy(np.stack([attention[i] for i in chunk]).astype(np.float32)[:, None]).to(device)
-                for i, p in zip(chunk, torch.sigmoid(decoder(x))[:, 0].cpu().numpy()):
-                    probabilities[i] = p
-    return probabilities
+                x = np.stack([pairs.attention[i] for i in chunk]).astype(np.float32)[:, None]
+                probabilities = torch.sigmoid(decoder(torch.from_numpy(x).to(device)))[:, 0].cpu().numpy()
+                yield from zip(probabilities, (pairs.masks[i] for i in chunk))
 
 
-def calibrate_threshold(probabilities: Sequence[np.ndarray], masks: Sequence[np.ndarray]
-                        ) -> tuple[float, dict[str, float]]:
-    """The foreground threshold of ``THRESHOLD_GRID`` whose masks (probability >= t) best match ``masks``, by
-    IoU pooled over all pairs; returns it and the IoU at each threshold.
+def calibrate_threshold(predictions: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, dict[str, float]]:
+    """The foreground threshold of ``THRESHOLD_GRID`` whose masks (probability >= t) best match the true
+    masks, by IoU pooled over all (probability, mask) pairs; returns it and the IoU at each threshold.
 
     Cross-entropy fits probabilities, and cutting them at 0.5 maximises pixel accuracy, not IoU: where the
     attention leaves an object's extent uncertain (the body away from its discriminative part), the
@@ -123,7 +120,7 @@ def calibrate_threshold(probabilities: Sequence[np.ndarray], masks: Sequence[np.
     """
     intersection = np.zeros(len(THRESHOLD_GRID))
     union = np.zeros(len(THRESHOLD_GRID))
-    for probability, mask in zip(probabilities, masks, strict=True):
+    for probability, mask in predictions:
         for k, threshold in enumerate(THRESHOLD_GRID):
             predicted = probability >= threshold
             intersection[k] += np.count_nonzero(predicted & mask)
@@ -138,14 +135,14 @@ BatchLoss = Callable[[Any, Replica, np.ndarray, np.random.Generator], tuple[Any,
 
 
 def fit(model, meta, module, items: int, batch_loss: BatchLoss,
-        calibration_pairs: Callable[[], tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], out: Path,
-        config: FitSettings, record_name: str, record: dict[str, Any], resume: bool = False) -> Path:
+        predictions: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], out: Path, config: FitSettings,
+        record_name: str, record: dict[str, Any], resume: bool = False) -> Path:
     """The training loop of train-decoder and adapt: Adam on ``module``'s parameters over ``items`` training
     items for ``config.epochs``. The full checkpoint is written to ``out`` every epoch with
     ``meta.extra[record_name]`` = ``record`` + config + history (``--resume`` continues from the last one),
-    and at the end with the foreground threshold calibrated on ``calibration_pairs()`` (probabilities and
-    masks). Every process draws the whole batch's augmentations, so the random stream does not depend on the
-    number of processes. Returns ``out``."""
+    and at the end with the foreground threshold calibrated on ``predictions()``, the trained model's
+    (probability, mask) pairs of its training data. Every process draws the whole batch's augmentations, so
+    the random stream does not depend on the number of processes. Returns ``out``."""
     import torch
     from tqdm import tqdm
 
@@ -181,7 +178,7 @@ def fit(model, meta, module, items: int, batch_loss: BatchLoss,
         replica.wait_for_main()
     if replica.is_main:
         model.eval()
-        meta.foreground_threshold, iou = calibrate_threshold(*calibration_pairs())
+        meta.foreground_threshold, iou = calibrate_threshold(predictions())
         tqdm.write(f"foreground threshold {meta.foreground_threshold}: IoU {iou[str(meta.foreground_threshold)]:.3f} "
                    f"with the training masks ({iou['0.5']:.3f} at 0.5)")
         write_checkpoint(threshold_iou=iou)
@@ -208,10 +205,10 @@ def fit_decoder(model, meta, pairs: Pairs, out: Path, config: TrainDecoderConfig
         loss = F.binary_cross_entropy_with_logits(decoder(x), y.clamp_min(0), weight=scored, reduction="sum")
         return loss / scored.sum().clamp_min(1), len(x)
 
-    def calibration_pairs() -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return decoder_probabilities(model.decoder, pairs.attention, str(next(model.parameters()).device)), pairs.masks
+    def predictions() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return decoder_predictions(model.decoder, pairs, str(next(model.parameters()).device))
 
-    return fit(model, meta, model.decoder, len(pairs.masks), batch_loss, calibration_pairs, out, config,
+    return fit(model, meta, model.decoder, len(pairs.masks), batch_loss, predictions, out, config,
                "decoder_training", record, resume)
 
 
