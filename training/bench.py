@@ -88,14 +88,13 @@ def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.n
     """The checkpoint's segmenter in PyTorch eager mode (the module the ONNX graph was traced from): labels."""
     import torch
 
-    from wsvs.export.wrappers import SegmenterGraph
+    from wsvs.export.onnx_export import graph_modules
     from wsvs.training.checkpoint import load_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
     model, meta = load_checkpoint(model_dir)
-    graph = SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold,
-                           meta.foreground_threshold, top_k).eval()
+    graph = graph_modules(model, meta, top_k)["segmenter"]
 
     def run(inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
