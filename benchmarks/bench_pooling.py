@@ -10,6 +10,10 @@ which reads and writes each byte). The ONNX graph is what an exported model woul
 Cast + Expand of the ids + ScatterElements(reduction="add") in float64 for the sums, and one more for
 the counts. The CUDA kernel is timed with events on device-resident inputs (output allocation and
 zeroing included) when a GPU is present.
+
+``gpu_vs_cpu_row`` (run by ``benchmarks/gpu_check.py``, ``make gpu-check``) sets the kernel beside the numpy path
+at several batch sizes: kernel time alone, time with the host transfers, and the rate of the bytes the
+kernels must move at least.
 """
 
 from __future__ import annotations
@@ -108,9 +112,11 @@ def onnx_pool(batch: int, channels: int, superpixels: int) -> Callable[[np.ndarr
     return lambda labels, values: session.run(None, {"labels": labels, "values": values})
 
 
-def cuda_seconds(labels: np.ndarray, values: np.ndarray, superpixels: int, repeats: int = 20) -> float:
-    """Median GPU time (CUDA events) of launch_pool on device-resident inputs."""
-    gpu = pooling.default_executor()
+def cuda_seconds(
+    labels: np.ndarray, values: np.ndarray, superpixels: int, repeats: int = 20, gpu: pooling.CudaExecutor | None = None
+) -> float:
+    """Median GPU time (CUDA events) of launch_pool on device-resident inputs (on ``gpu``, else the first GPU)."""
+    gpu = gpu or pooling.default_executor()
     batch, channels = values.shape[:2]
     labels_pointer, values_pointer = gpu.upload(labels), gpu.upload(values)
     buffers: list[pooling.PoolBuffers] = []
@@ -163,6 +169,94 @@ def test_cuda_kernel(benchmark, superpixels: int, channels: int) -> None:
     out = benchmark(run)
     counts = gpu.download(out.counts, (8, count), np.dtype(np.uint64))
     np.testing.assert_array_equal(counts, superpixel_pool(labels, values, count)[1])
+
+
+class LaunchTimer:
+    """The executor ``gpu`` with each kernel launch timed between two CUDA events; ``seconds`` adds them up.
+
+    Only the kernels count: launch_pool's output allocations and memsets fall outside the events.
+    """
+
+    def __init__(self, gpu: pooling.CudaExecutor) -> None:
+        self.gpu = gpu
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(self.gpu, name)
+
+    def launch(self, *args) -> None:
+        self.seconds += self.gpu.elapsed_seconds(lambda: self.gpu.launch(*args))
+
+
+def gpu_copy_rate(gpu: pooling.CudaExecutor, nbytes: int = 2**30) -> float:
+    """Bytes read + written per second by a device-to-device copy of ``nbytes`` (median of 5, CUDA events)."""
+    driver = pooling._driver()
+    source, target = gpu.zeros(nbytes), gpu.zeros(nbytes)
+
+    def copy() -> None:
+        pooling._check(driver.cuMemcpyDtoD(target, source, nbytes))
+
+    try:
+        return 2 * nbytes / statistics.median([gpu.elapsed_seconds(copy) for _ in range(6)][1:])
+    finally:
+        gpu.free(source)
+        gpu.free(target)
+
+
+def kernel_seconds(
+    gpu: pooling.CudaExecutor, labels: np.ndarray, values: np.ndarray, superpixels: int, repeats: int = 20
+) -> float:
+    """Median time of the kernels alone (LaunchTimer) of launch_pool on device-resident inputs."""
+    batch, channels = values.shape[:2]
+    labels_pointer, values_pointer = gpu.upload(labels), gpu.upload(values)
+    timer, timings = LaunchTimer(gpu), []
+    for _ in range(repeats + 1):  # the first one warms up
+        timer.seconds = 0.0
+        out = pooling.launch_pool(
+            timer, labels_pointer, values_pointer, values.dtype, batch, channels, HEIGHT * WIDTH, superpixels
+        )
+        timings.append(timer.seconds)
+        for pointer in (out.sums, out.counts, out.means, out.bad_label):
+            gpu.free(pointer)
+    gpu.free(labels_pointer)
+    gpu.free(values_pointer)
+    return statistics.median(timings[1:])
+
+
+def gpu_vs_cpu_row(
+    gpu: pooling.CudaExecutor, batch: int, superpixels: int = 800, channels: int = 5, repeats: int = 20
+) -> dict:
+    """The kernel beside the numpy reference on ``batch`` images of HEIGHT x WIDTH: seconds and bytes.
+
+    ``kernel_s``: the two kernels alone on device-resident inputs (events around each launch, summed);
+    ``device_pool_s``: launch_pool with its output allocations and memsets (events around the call);
+    ``end_to_end_s``: wall time of ``pooling.superpixel_pool`` from host arrays to host arrays (pageable
+    uploads, pooling, downloads, frees); ``cpu_s``: ``wsvs.runtime.pooling.superpixel_pool`` on the same arrays.
+    ``bytes_moved`` is the least the kernels must move: labels and maps read once, sums, counts and means
+    written once (the atomics and the means pass re-reading the sums are not counted).
+    """
+    labels, values, count = make_inputs(batch, superpixels, channels)
+    reference = superpixel_pool(labels, values, count)
+    sums, counts, _ = pooling.superpixel_pool(gpu, labels, values, count)
+    np.testing.assert_array_equal(counts, reference[1])
+    np.testing.assert_allclose(sums, reference[0], rtol=1e-10)
+
+    def cpu() -> object:
+        return superpixel_pool(labels, values, count)
+
+    cpu_repeats = int(np.clip(2 / median_seconds(cpu, repeats=1), 3, 15))  # about two seconds at most
+    input_bytes = labels.nbytes + values.nbytes
+    return {
+        "batch": batch,
+        "superpixels": count,
+        "channels": channels,
+        "input_bytes": input_bytes,
+        "bytes_moved": input_bytes + batch * count * (8 * channels + 8 + 4 * channels),
+        "cpu_s": median_seconds(cpu, repeats=cpu_repeats),
+        "kernel_s": kernel_seconds(gpu, labels, values, count, repeats),
+        "device_pool_s": cuda_seconds(labels, values, count, repeats, gpu),
+        "end_to_end_s": median_seconds(lambda: pooling.superpixel_pool(gpu, labels, values, count), repeats=10),
+    }
 
 
 def table_row(superpixels: int, channels: int, copy: float, gpu: bool) -> str:
