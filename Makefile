@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-avx2 lint bench clean gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,19 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
+# The tests that train, export or threshold a model, again with PyTorch's AVX2 kernels (oneDNN's too): what an
+# AVX2-only CPU computes, on a machine with AVX-512. CI runs it after `make test`.
+test-avx2: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -m model tests
+
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-enable
 
 clean:
 	rm -rf $(VENV) runs
+
+# GPU tests and the pooling kernel beside numpy on this machine's NVIDIA GPU (benchmarks/gpu_check.py), with
+# $(PYTHON) as it is: no .venv, nothing installed. Without a GPU it says so in one line and exits 0.
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)

@@ -9,6 +9,25 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# Fixtures that train a model or export one: a test using any of them depends on the CPU's float rounding and
+# thread count, so it is marked `model` and CI runs it again under PyTorch's AVX2 kernels (`make test-avx2`).
+MODEL_FIXTURES = {"encoder_dir", "video_masks", "decoder_dir", "table1", "demo_encoder", "checkpoint", "loaded",
+                  "fp32_graphs", "low_precision_graphs", "trained", "exported", "segmenter"}
+
+
+def pytest_report_header() -> str:
+    """Which kernels PyTorch runs (AVX512 / AVX2, from the CPU or ATEN_CPU_CAPABILITY) and on how many threads."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"torch {torch.__version__}: {capability} kernels, {torch.get_num_threads()} threads"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -30,7 +49,10 @@ TEST_WORLD = {
     "misleading_per_class": 1,
     "video_frames": (24, 30),
 }
-TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 128, "epochs": 8, "lse_sharpness": 2.0}
+# 12 epochs, as the demo trains: after 8 the encoder classified val images (mAP 0.985) but, trained with PyTorch's
+# AVX2 kernels, scored one relevant cat video at median 0.13 (0.999 with AVX-512 kernels); after 12, 0.97-1.0 on
+# every relevant video under both.
+TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 128, "epochs": 12, "lse_sharpness": 2.0}
 
 
 @pytest.fixture(scope="session")

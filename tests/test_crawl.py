@@ -327,6 +327,7 @@ def test_killed_crawl_resumes_to_the_same_result(shared_data: Path, tmp_path: Pa
     assert len(lines) == len(names)  # compacted: one line per video
 
 
+@pytest.mark.model
 def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
     """With the encoder trained on the world: misleading videos are not downloaded, relevant ones kept."""
     try:

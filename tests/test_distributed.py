@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 
+@pytest.mark.model
 def test_two_gloo_processes_train_like_one(world_dir: Path, tmp_path: Path) -> None:
     ids = (world_dir / "images" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:16]
     split = tmp_path / "train16.txt"
@@ -32,5 +34,9 @@ def test_two_gloo_processes_train_like_one(world_dir: Path, tmp_path: Path) -> N
 
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys()
+    # Adam divides each gradient by its running RMS, so where a gradient is near zero a rounding-level difference
+    # between one whole-batch sum and two half-batch sums becomes a visible share of a step (measured: up to 5e-5,
+    # a twentieth of one step at lr 1e-3). A process that trained on its share alone, without the all-reduce,
+    # would differ by whole steps.
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4, err_msg=key)
