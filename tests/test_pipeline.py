@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from wsvs.runtime.config import load_config
@@ -15,6 +16,10 @@ def test_presets_load() -> None:
     demo = load_config(PipelineConfig, preset_path("demo"))
     paper = load_config(PipelineConfig, preset_path("paper"))
     assert demo.encoder.batch_norm and demo.encoder.width < 1
+    # the other demo worlds: the demo's recipe on worlds of another design
+    for name in ("demo-confusable", "demo-loose"):
+        other = load_config(PipelineConfig, preset_path(name))
+        assert other.encoder == demo.encoder and other.world != demo.world
     # the paper's optimisation settings (§5.1)
     encoder = paper.encoder
     assert (encoder.width, encoder.input_size, encoder.batch_size, encoder.lr) == (1.0, 321, 14, 1e-3)
@@ -23,6 +28,7 @@ def test_presets_load() -> None:
 STAGES = ("world", "encoder", "eval_cam", "crawl", "segment_videos", "decoder", "adapt", "evaluate")
 
 
+@pytest.mark.model
 def test_stages_are_cached_and_rerun_on_change(tmp_path: Path, capsys) -> None:
     """The whole chain on a tiny world (its videos crawled from 127.0.0.1), then cached, then partly rerun."""
     config_file = tmp_path / "run.yaml"
@@ -62,11 +68,29 @@ def test_stages_are_cached_and_rerun_on_change(tmp_path: Path, capsys) -> None:
     assert json.loads((out / "adapt" / "stage.json").read_text())["key"] != first["adapt"]["key"]
 
 
+def test_seeds_table_reports_mean_min_max_and_per_seed_margins() -> None:
+    from wsvs.training.pipeline import PipelineConfig, seeded, seeds_markdown, seeds_summary
+
+    config = seeded(PipelineConfig(), 7)
+    assert {config.world.seed, config.encoder.seed, config.decoder.seed, config.adapt.seed} == {7}
+    miou = {0: {"cam_baseline": 0.40, "decoder": 0.50, "adapted": 0.52},
+            1: {"cam_baseline": 0.30, "decoder": 0.42, "adapted": 0.41}}
+    summary = seeds_summary(miou, {0: 0.95, 1: 0.91}, {0: {"accepted": True}, 1: {"accepted": False}})
+    assert summary["stats"]["decoder_margin"] == pytest.approx({"mean": 11.0, "min": 10.0, "max": 12.0})
+    assert summary["seeds"]["1"]["adaptation_gain"] == pytest.approx(-1.0)
+    assert summary["order_holds"] == {"0": True, "1": False}
+    markdown = seeds_markdown(summary)
+    assert "| decoder - CAM | 11.0 | 10.0 | 12.0 | +10.0 | +12.0 |" in markdown
+    assert "holds in 1 of 2 seeds" in markdown
+
+
 def test_train_and_demo_are_subcommands() -> None:
     from wsvs.training.cli import build_parser
     from wsvs.training.pipeline import run_train
 
     demo = build_parser().parse_args(["demo", "--out", "runs/demo"])
-    assert demo.func is run_train and demo.preset == "demo"
+    assert demo.func is run_train and demo.preset == "demo" and demo.seeds is None
+    seeds = build_parser().parse_args(["demo", "--out", "runs/seeds", "--seeds", "0,1,2"])
+    assert seeds.seeds == [0, 1, 2]
     train = build_parser().parse_args(["train", "--preset", "paper", "--out", "runs/paper", "--data", "VOC2012"])
     assert train.func is run_train and train.data == Path("VOC2012")

@@ -155,6 +155,31 @@ def test_classes_differ_only_by_a_small_part():
     assert 0.06 < np.mean(fractions) < 0.12  # drawn at 8-11 %; overlaps, occluders and borders trim some
 
 
+def test_world_look_parameters_change_what_they_name():
+    """Classes of a shared-colour pair show the same part colour (only the pattern differs); the part-size
+    range is what is drawn; a wider tilt range lets bodies lean further."""
+    config = WorldConfig(classes=("owl", "yak", "elk"), shared_colour_pairs=1, part_fraction=(0.14, 0.17),
+                         tilt=1.2, train_images=40, val_images=1)
+    assert np.array_equal(class_colour(0, 3, 1), class_colour(1, 3, 1))
+    assert not np.array_equal(class_colour(0, 3, 1), class_colour(2, 3, 1))
+    fractions, seen = [], set()
+    for plan in plan_images(config)[:40]:
+        sample = render_image(config, plan)
+        for class_index, _ in sample.objects:
+            obj = sample.labels == 1 + class_index
+            part = sample.parts & obj
+            fractions.append(part.sum() / obj.sum())
+            if class_index < 2:
+                seen.add(class_index)
+                assert hue_matches(sample.image[part], class_colour(0, 3)).mean() > 0.5
+    assert seen == {0, 1}
+    assert np.mean(fractions) > 0.12  # drawn at 14-17 % (the default world's mean is under 0.12)
+    with pytest.raises(ValueError, match="shared_colour_pairs"):
+        WorldConfig(classes=("owl", "yak", "elk"), shared_colour_pairs=2)
+    with pytest.raises(ValueError, match="part_fraction"):
+        WorldConfig(part_fraction=(0.2, 0.1))
+
+
 def test_image_plans_mix_classes_and_stay_balanced():
     config = WorldConfig()
     plans = plan_images(config)

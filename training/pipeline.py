@@ -21,10 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.io import read_json, write_json
 
-from .adapt import AdaptConfig
+from .adapt import AdaptConfig, describe_check
 from .cam import EvalCamConfig
 from .crawl import CrawlConfig
 from .evaluate import EvaluateConfig
@@ -34,7 +36,7 @@ from .train_encoder import TrainEncoderConfig
 from .world import WorldConfig
 
 STAGE_FILE = "stage.json"
-PRESETS = ("demo", "paper")
+PRESETS = ("demo", "demo-confusable", "demo-loose", "paper")
 OVERLAY_IMAGES = 4  # val images shown in the report
 
 
@@ -165,7 +167,9 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
 
     def adaptation(folder: Path) -> dict:
         _, counts = adapt(out / "decoder", data, folder, config.adapt, resume=True)
-        return {"pairs": counts}
+        check = counts.pop("check")
+        print(f"[adapt] {describe_check(check, config.adapt.guard)}", flush=True)
+        return {"pairs": counts, "check": check}
 
     adapted = run_stage(out, "adapt", {"decoder": decoded["key"], "data": data_key,
                                        "adapt": dump_config(config.adapt)}, adaptation)
@@ -192,6 +196,7 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
         "segment_videos": {k: v for k, v in segmented["result"].items() if k != "failures"},
         "decoder_frames": decoded["result"]["frames"],
         "adaptation_pairs": adapted["result"]["pairs"],
+        "adaptation": {**adapted["result"]["check"], "guard": config.adapt.guard},
     }
     write_json(out / "report.json", report)
     write_report_markdown(out, report)
@@ -233,6 +238,9 @@ def write_report_markdown(out: Path, report: dict) -> Path:
         f"| decoder trained on video masks | {100 * miou['decoder']:.1f} |",
         f"| + domain adaptation | {100 * miou['adapted']:.1f} |",
         "",
+        f"Domain adaptation, judged on {report['adaptation']['images']} held-out training images (image-level "
+        f"labels only): {describe_check(report['adaptation'], report['adaptation']['guard'])}.",
+        "",
         "## Per-class IoU (paper's Table 2 layout)",
         "",
         "```",
@@ -260,15 +268,89 @@ def write_report_markdown(out: Path, report: dict) -> Path:
     return path
 
 
+def seeded(config: PipelineConfig, seed: int) -> PipelineConfig:
+    """``config`` with every random stream seeded by ``seed``: the world (when generated) and each training."""
+    return replace(config, world=replace(config.world, seed=seed), encoder=replace(config.encoder, seed=seed),
+                   decoder=replace(config.decoder, seed=seed), adapt=replace(config.adapt, seed=seed))
+
+
+def run_seeds(config: PipelineConfig, seeds: list[int], out: Path) -> dict:
+    """The pipeline once per seed in ``<out>/seed-<s>/``, then Table 1 over the seeds: each row's mean, min and
+    max and each seed's margins, in ``<out>/seeds.md`` and ``<out>/seeds.json``."""
+    runs = {}
+    for seed in seeds:
+        print(f"=== seed {seed} ===", flush=True)
+        runs[seed] = run_pipeline(seeded(config, seed), out / f"seed-{seed}")
+    summary = seeds_summary({seed: report["miou"] for seed, report in runs.items()},
+                            {seed: report["encoder_map"] for seed, report in runs.items()},
+                            {seed: report["adaptation"] for seed, report in runs.items()})
+    write_json(out / "seeds.json", summary)
+    (out / "seeds.md").write_text(seeds_markdown(summary))
+    return summary
+
+
+def seeds_summary(miou: dict[int, dict[str, float]], encoder_map: dict[int, float],
+                  adaptation: dict[int, dict]) -> dict:
+    """Per-seed mIoU (points) and margins, and the mean, min and max of each over the seeds."""
+    per_seed = {str(seed): {"cam_baseline": 100 * m["cam_baseline"], "decoder": 100 * m["decoder"],
+                            "adapted": 100 * m["adapted"],
+                            "decoder_margin": 100 * (m["decoder"] - m["cam_baseline"]),
+                            "adaptation_gain": 100 * (m["adapted"] - m["decoder"]),
+                            "encoder_map": encoder_map[seed], "adaptation_accepted": adaptation[seed]["accepted"]}
+                for seed, m in miou.items()}
+    keys = ("cam_baseline", "decoder", "adapted", "decoder_margin", "adaptation_gain", "encoder_map")
+    stats = {key: {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+             for key in keys for values in [[row[key] for row in per_seed.values()]]}
+    order_holds = {seed: row["cam_baseline"] < row["decoder"] <= row["adapted"] for seed, row in per_seed.items()}
+    return {"seeds": per_seed, "stats": stats, "order_holds": order_holds}
+
+
+def seeds_markdown(summary: dict) -> str:
+    stats, per_seed = summary["stats"], summary["seeds"]
+    names = {"cam_baseline": "CAM baseline", "decoder": "decoder on video masks", "adapted": "+ domain adaptation",
+             "decoder_margin": "decoder - CAM", "adaptation_gain": "adapted - decoder"}
+    seeds = list(per_seed)
+    lines = ["# Table 1 in miniature over seeds (val mIoU, points)", "",
+             "| row | mean | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|---|" + "---|" * len(seeds)]
+    for key, name in names.items():
+        lines.append(f"| {name} | {stats[key]['mean']:.1f} | {stats[key]['min']:.1f} | {stats[key]['max']:.1f} | "
+                     + " | ".join(f"{per_seed[s][key]:+.1f}" if "_" in key and key != "cam_baseline"
+                                  else f"{per_seed[s][key]:.1f}" for s in seeds) + " |")
+    lines.append(f"| encoder val mAP | {stats['encoder_map']['mean']:.3f} | {stats['encoder_map']['min']:.3f} | "
+                 f"{stats['encoder_map']['max']:.3f} | " + " | ".join(f"{per_seed[s]['encoder_map']:.3f}"
+                                                                      for s in seeds) + " |")
+    lines.append("| adaptation accepted | | | | " + " | ".join("yes" if per_seed[s]["adaptation_accepted"] else "no"
+                                                            for s in seeds) + " |")
+    held = [s for s, ok in summary["order_holds"].items() if ok]
+    lines += ["", f"CAM baseline < decoder <= + adaptation holds in {len(held)} of {len(seeds)} seeds.", ""]
+    return "\n".join(lines)
+
+
 def run_train(args: argparse.Namespace) -> int:
     config_file = preset_path(args.preset) if args.preset else args.config
     config = load_config(PipelineConfig, config_file, data=args.data)
+    if args.seeds:
+        summary = run_seeds(config, args.seeds, args.out)
+        print(seeds_markdown(summary))
+        print(f"seeds table: {args.out / 'seeds.md'}  (json: {args.out / 'seeds.json'})")
+        return 0
     report = run_pipeline(config, args.out)
     miou = report["miou"]
     print(f"mIoU: CAM baseline {100 * miou['cam_baseline']:.1f}, decoder {100 * miou['decoder']:.1f}, "
           f"+ adaptation {100 * miou['adapted']:.1f}")
     print(f"report: {args.out / 'report.md'}  (json: {args.out / 'report.json'})")
     return 0
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected distinct seeds >= 0, got {text!r}")
+    return seeds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -281,6 +363,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             description=f"{help_text[0].upper()}{help_text[1:]}. Each stage writes <out>/<stage>/ and is skipped "
             "when its inputs are unchanged; a killed run resumes. Ends with <out>/report.md and report.json.")
         p.add_argument("--out", type=Path, required=True, help="run folder")
+        p.add_argument("--seeds", type=seed_list, default=None, metavar="S,S,...",
+                       help="run once per seed (world and every training seeded by it) into <out>/seed-<s>/, then "
+                       "write Table 1 over the seeds (mean, min, max, per-seed margins) to <out>/seeds.md")
         if preset is None:
             group = p.add_mutually_exclusive_group(required=True)
             group.add_argument("--config", type=Path, help="pipeline YAML (see training/presets/)")

@@ -9,6 +9,7 @@ optionally ``classes.txt`` (one object class per line, no background). Masks hol
 
 from __future__ import annotations
 
+import copy
 import pickle
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -46,6 +47,12 @@ class VOCDataset:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, indices: list[int]) -> VOCDataset:
+        """The same split restricted to the images at ``indices`` (in that order)."""
+        view = copy.copy(self)
+        view.ids = [self.ids[i] for i in indices]
+        return view
 
     def image(self, i: int) -> np.ndarray:
         """The i-th image, (H, W, 3) uint8 RGB."""

@@ -62,7 +62,6 @@ _PATTERNS = ("hstripes", "vstripes", "checker", "dots", "diagonal", "rings")
 _TITLES = ("{} close-up", "funny {} clip", "{} in the wild", "my {} at home", "{} compilation", "{} live")
 _VOID_BAND_PX = 3  # VOC marks a band about this wide along object boundaries as void
 _PAN_MARGIN = 24  # background canvas margin (px) the camera pans over
-_UPRIGHT_TILT = 0.5  # rad: bodies stand up, as most VOC objects do; the pose is the decoder's shape prior
 
 
 @dataclass
@@ -83,6 +82,13 @@ class WorldConfig:
     video_size: tuple[int, int] = (160, 120)  # width, height
     fps: int = 10
     gop: int = 12  # frames between I-frames
+    # The look of the world; other values make other worlds for checking that results do not hang on one design.
+    part_fraction: tuple[float, float] = (0.08, 0.11)  # part area / object area, the range drawn from
+    tilt: float = 0.5  # rad either side of upright: bodies stand up, as most VOC objects do (the decoder's prior)
+    aspect: tuple[float, float] = (0.55, 0.8)  # body minor / major axis, the range drawn from
+    clutter: tuple[int, int] = (4, 10)  # clutter shapes per background, inclusive range
+    pan: float = 1.0  # camera pan over the video scene, as a share of the widest pan the scene margin allows
+    shared_colour_pairs: int = 0  # pairs of classes (0 and 1, 2 and 3, ...) whose parts differ only in pattern
 
     def __post_init__(self) -> None:
         names = self.classes
@@ -107,6 +113,19 @@ class WorldConfig:
             raise ValueError(f"video_size must be even and >= 64, got {self.video_size}")
         if self.fps < 1 or self.gop < 1:
             raise ValueError("fps and gop must be >= 1")
+        if not 0.02 <= self.part_fraction[0] <= self.part_fraction[1] <= 0.3:
+            raise ValueError(f"part_fraction must be (min, max) within 0.02 .. 0.3, not {self.part_fraction}")
+        if not 0 <= self.tilt <= math.pi:
+            raise ValueError(f"tilt must be within 0 .. pi, not {self.tilt}")
+        if not 0.2 <= self.aspect[0] <= self.aspect[1] <= 1:
+            raise ValueError(f"aspect must be (min, max) within 0.2 .. 1, not {self.aspect}")
+        if not 0 <= self.clutter[0] <= self.clutter[1]:
+            raise ValueError(f"clutter must be (min, max) with 0 <= min <= max, not {self.clutter}")
+        if not 0 <= self.pan <= 1:
+            raise ValueError(f"pan must be within 0 .. 1, not {self.pan}")
+        if not 0 <= 2 * self.shared_colour_pairs <= len(names):
+            raise ValueError(f"shared_colour_pairs: {self.shared_colour_pairs} pairs need "
+                             f"{2 * self.shared_colour_pairs} classes, the world has {len(names)}")
 
 
 @dataclass(frozen=True)
@@ -167,8 +186,11 @@ class _Shape:
     part_fraction: float  # part area / object area
 
 
-def class_colour(index: int, n_classes: int) -> np.ndarray:
-    """The saturated RGB colour of a class's part, (3,) float32 in 0..255; hues evenly spaced."""
+def class_colour(index: int, n_classes: int, shared_colour_pairs: int = 0) -> np.ndarray:
+    """The saturated RGB colour of a class's part, (3,) float32 in 0..255; hues evenly spaced. The second
+    class of each of the first ``shared_colour_pairs`` pairs takes the first one's colour."""
+    if index < 2 * shared_colour_pairs:
+        index -= index % 2
     return _hsv(index / n_classes, 0.9, 0.95)
 
 
@@ -238,31 +260,32 @@ def render_image(config: WorldConfig, plan: ImagePlan) -> ImageSample:
     rng = np.random.default_rng([config.seed, _IMAGE_RENDER, plan.index])
     size = config.image_size
     n_classes = len(config.classes)
-    canvas = _background(rng, size, size)
+    canvas = _background(rng, size, size, config.clutter)
     single = len(plan.classes) == 1
     scale_range = (0.16, 0.28) if single else (0.12, 0.2)
 
     shapes: list[_Shape] = []
     taken = np.zeros((size, size), dtype=bool)
     for _ in plan.classes:
-        shape, body, part = _place(rng, size, size, scale_range, taken, with_part=True)
+        shape, body, part = _place(rng, config, size, size, scale_range, taken, with_part=True)
         shapes.append(shape)
         taken |= body | part
     for _ in range(plan.distractors):
-        distractor, _, _ = _place(rng, size, size, scale_range, taken, with_part=False)
+        distractor, _, _ = _place(rng, config, size, size, scale_range, taken, with_part=False)
         body, _ = _draw_object(canvas, distractor, _body_texture(rng), None)
         taken |= body
 
     labels = np.zeros((size, size), dtype=np.uint8)
     parts = np.zeros((size, size), dtype=bool)
     for class_index, shape in zip(plan.classes, shapes):
-        body, part = _draw_object(canvas, shape, _body_texture(rng), (class_index, n_classes))
+        part_class = (class_index, n_classes, config.shared_colour_pairs)
+        body, part = _draw_object(canvas, shape, _body_texture(rng), part_class)
         labels[body | part] = 1 + class_index
         parts[body | part] = False  # a later object hides an earlier one's part
         parts |= part
     if plan.occluded:
         hidden = _occluder_mask(rng, shapes[int(rng.integers(len(shapes)))], size, size)
-        occluder = _background(rng, size, size)
+        occluder = _background(rng, size, size, config.clutter)
         # Occlusion hides at most half of any object and of any part, so every label stays learnable.
         if all(_hidden_fraction(labels == 1 + c, hidden) <= 0.5 for c in plan.classes) and all(
             _hidden_fraction(parts & (labels == 1 + c), hidden) <= 0.5 for c in plan.classes
@@ -287,9 +310,9 @@ def render_video(config: WorldConfig, plan: VideoPlan) -> VideoSample:
     n = plan.n_frames
     start, stop = plan.object_frames
     margin = _PAN_MARGIN
-    main_scene = _background(rng, height + 2 * margin, width + 2 * margin)
-    other_scene = _background(rng, height + 2 * margin, width + 2 * margin)
-    pan = rng.uniform(-margin + 4, margin - 4, size=(2, 2))  # camera offset at the first / last frame
+    main_scene = _background(rng, height + 2 * margin, width + 2 * margin, config.clutter)
+    other_scene = _background(rng, height + 2 * margin, width + 2 * margin, config.clutter)
+    pan = config.pan * rng.uniform(-margin + 4, margin - 4, size=(2, 2))  # camera offset at the first / last frame
 
     def camera(t: int) -> np.ndarray:  # top-left corner of the view in the scene; a hand-held wobble on x
         offset = margin + pan[0] + t / max(n - 1, 1) * (pan[1] - pan[0])
@@ -298,10 +321,11 @@ def render_video(config: WorldConfig, plan: VideoPlan) -> VideoSample:
     # The object roams one side of the frame, a smaller (farther) part-less body the other side.
     left, right = (0.0, 0.0, 0.55 * width, height), (0.45 * width, 0.0, width, height)
     object_region, distractor_region = (left, right) if rng.random() < 0.5 else (right, left)
-    distractor = _moving_body(rng, distractor_region, rng.uniform(0.08, 0.11) * width, n, with_part=False)
+    distractor = _moving_body(rng, config, distractor_region, rng.uniform(0.08, 0.11) * width, n,
+                              with_part=False)
     distractor_texture = _body_texture(rng)
     shown = plan.shown_class
-    target = _moving_body(rng, object_region, rng.uniform(0.11, 0.15) * width, n, with_part=True)
+    target = _moving_body(rng, config, object_region, rng.uniform(0.11, 0.15) * width, n, with_part=True)
     target_texture = _body_texture(rng)
 
     frames = np.zeros((n, height, width, 3), dtype=np.uint8)
@@ -315,7 +339,7 @@ def render_video(config: WorldConfig, plan: VideoPlan) -> VideoSample:
         if in_main:
             _draw_object(canvas, distractor(t), distractor_texture, None)
             if shown is not None:
-                part_class = (shown, len(config.classes))
+                part_class = (shown, len(config.classes), config.shared_colour_pairs)
                 body, part = _draw_object(canvas, target(t), target_texture, part_class)
                 masks[t] = (body | part) if plan.relevant else False
         frames[t] = _finish(rng, canvas)
@@ -525,14 +549,15 @@ def _background_colour(rng: np.random.Generator) -> np.ndarray:
     return _hsv(hue, rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.85))
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Cluttered textured background, (H, W, 3) float32 in 0..255."""
+def _background(rng: np.random.Generator, height: int, width: int, clutter: tuple[int, int]) -> np.ndarray:
+    """Cluttered textured background, (H, W, 3) float32 in 0..255, with a number of clutter shapes drawn
+    from the inclusive range ``clutter``."""
     colours = [_background_colour(rng) for _ in range(3)]
     mix = _smooth_noise(rng, height, width, 4)[..., None]
     canvas = colours[0] * mix + colours[1] * (1 - mix)
     blotches = _smooth_noise(rng, height, width, 7) > 0.6
     canvas[blotches] = canvas[blotches] * 0.4 + colours[2] * 0.6
-    for _ in range(int(rng.integers(4, 11))):  # clutter: rectangles, ellipses and thick lines
+    for _ in range(int(rng.integers(clutter[0], clutter[1] + 1))):  # clutter: rectangles, ellipses and thick lines
         colour = tuple(float(c) for c in np.clip(_background_colour(rng) * rng.uniform(0.7, 1.3), 0, 255))
         x, y = int(rng.integers(width)), int(rng.integers(height))
         extent = int(rng.integers(4, max(height, width) // 6))
@@ -633,7 +658,7 @@ def _draw_object(
     canvas: np.ndarray,
     shape: _Shape,
     texture: np.ndarray,
-    part_class: tuple[int, int] | None,  # (class index, number of classes) of the part
+    part_class: tuple[int, int, int] | None,  # (class index, number of classes, shared colour pairs) of the part
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint a textured, shaded body (and its part) onto ``canvas`` in place; return body and part masks."""
     height, width = canvas.shape[:2]
@@ -647,30 +672,32 @@ def _draw_object(
     shading = np.clip(1.15 - 0.35 * rho * rho, 0.6, 1.15)[..., None]
     view[body] = (body_colour * shading)[body]
     if part_class is not None:
-        class_index, n_classes = part_class
+        class_index, n_classes, shared_colour_pairs = part_class
         radius = _part_radius(shape)
         bright = _part_pattern(class_pattern(class_index), pu, pv, radius)[..., None]
-        colour = class_colour(class_index, n_classes)
+        colour = class_colour(class_index, n_classes, shared_colour_pairs)
         part_shading = np.clip(1.1 - 0.3 * (pu * pu + pv * pv) / (radius * radius), 0.75, 1.1)[..., None]
         view[part] = (np.where(bright, colour, colour * 0.45) * part_shading)[part]
     return _full_size(window, body, height, width), _full_size(window, part, height, width)
 
 
-def _random_shape(rng: np.random.Generator, cx: float, cy: float, a: float, with_part: bool) -> _Shape:
+def _random_shape(rng: np.random.Generator, config: WorldConfig, cx: float, cy: float, a: float,
+                  with_part: bool) -> _Shape:
     return _Shape(
         cx=cx,
         cy=cy,
         a=a,
-        aspect=rng.uniform(0.55, 0.8),
-        angle=-math.pi / 2 + rng.uniform(-_UPRIGHT_TILT, _UPRIGHT_TILT),
+        aspect=rng.uniform(*config.aspect),
+        angle=-math.pi / 2 + rng.uniform(-config.tilt, config.tilt),
         harmonics=tuple((rng.uniform(0, amp), rng.uniform(-math.pi, math.pi)) for amp in (0.1, 0.07, 0.05)),
         part_angle=rng.uniform(-0.5, 0.5) if with_part else None,  # near the body's upper end
-        part_fraction=rng.uniform(0.08, 0.11),
+        part_fraction=rng.uniform(*config.part_fraction),
     )
 
 
 def _place(
     rng: np.random.Generator,
+    config: WorldConfig,
     height: int,
     width: int,
     scale_range: tuple[float, float],
@@ -687,7 +714,7 @@ def _place(
             shrink *= 0.9
         a = rng.uniform(*scale_range) * min(height, width) * shrink
         cx, cy = rng.uniform(0.5 * a, width - 0.5 * a), rng.uniform(0.5 * a, height - 0.5 * a)
-        shape = _random_shape(rng, cx, cy, a, with_part)
+        shape = _random_shape(rng, config, cx, cy, a, with_part)
         window, body, part, *_ = _shape_masks(shape, height, width)
         body, part = _full_size(window, body, height, width), _full_size(window, part, height, width)
         area = int(body.sum() + part.sum())
@@ -718,13 +745,14 @@ def _hidden_fraction(mask: np.ndarray, hidden: np.ndarray) -> float:
 
 def _moving_body(
     rng: np.random.Generator,
+    config: WorldConfig,
     region: tuple[float, float, float, float],  # x0, y0, x1, y1 the centre roams in (before margins)
     scale: float,  # major semi-axis at rest, px
     n_frames: int,
     with_part: bool,
 ) -> Callable[[int], _Shape]:
     """A body's shape at frame t: it crosses its region, breathes in scale, sways and deforms."""
-    base = _random_shape(rng, 0.0, 0.0, scale, with_part)
+    base = _random_shape(rng, config, 0.0, 0.0, scale, with_part)
     margin = 1.5 * scale
     low = np.float32([region[0] + margin, region[1] + margin])
     high = np.maximum(np.float32([region[2] - margin, region[3] - margin]), low)
