@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,9 +35,15 @@ def test_two_gloo_processes_train_like_one(world_dir: Path, tmp_path: Path) -> N
 
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys()
-    # Adam divides each gradient by its running RMS, so where a gradient is near zero a rounding-level difference
-    # between one whole-batch sum and two half-batch sums becomes a visible share of a step (measured: up to 5e-5,
-    # a twentieth of one step at lr 1e-3). A process that trained on its share alone, without the all-reduce,
-    # would differ by whole steps.
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    # The first epoch's loss (the same initial weights, whole batches summed over the processes) is equal up to
+    # rounding (measured: 4e-8 relative). The weights are not compared one by one: Adam's first steps move every
+    # weight by about lr times the sign of its gradient, so where a gradient is at rounding level the two runs
+    # step opposite ways (measured: 3e-3 on 8% of weights after 4 steps, the losses still equal to 1e-4). Over
+    # all weights the runs differ by 0.16% (L2); processes that each stepped on their own half of the batch,
+    # without the all-reduce, would step most weights apart by whole steps.
+    losses = [[h["loss"] for h in json.loads((tmp_path / run / "model.json").read_text())["extra"]
+               ["encoder_training"]["history"]] for run in ("one", "two")]
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6), losses
+    difference = np.sqrt(sum(float(((a[k] - b[k]) ** 2).sum()) for k in a))
+    size = np.sqrt(sum(float((a[k] ** 2).sum()) for k in a))
+    assert difference < 0.01 * size, difference / size
