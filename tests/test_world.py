@@ -136,42 +136,43 @@ def test_files_hold_the_rendered_samples(worlds):
         assert psnr(jpeg, sample.image) > 30
 
 
+def labelled_objects(config: WorldConfig, images: int):
+    """(image sample, class index, object mask, part mask) of every object in the first ``images`` images."""
+    for plan in plan_images(config)[:images]:
+        sample = render_image(config, plan)
+        for class_index, _ in sample.objects:
+            obj = sample.labels == 1 + class_index
+            yield sample, class_index, obj, sample.parts & obj
+
+
 def test_classes_differ_only_by_a_small_part():
     config = WorldConfig()
     k = len(config.classes)
     fractions = []
-    for plan in plan_images(config)[:60]:
-        sample = render_image(config, plan)
-        for class_index, _ in sample.objects:
-            obj = sample.labels == 1 + class_index
-            part = sample.parts & obj
-            fractions.append(part.sum() / obj.sum())
-            # The part shows its class colour; the shared body shows none of the class colours.
-            part_hits = [hue_matches(sample.image[part], class_colour(c, k)).mean() for c in range(k)]
-            assert int(np.argmax(part_hits)) == class_index and part_hits[class_index] > 0.5
-            body = obj & ~part
-            assert max(hue_matches(sample.image[body], class_colour(c, k)).mean() for c in range(k)) < 0.05
+    for sample, class_index, obj, part in labelled_objects(config, 60):
+        fractions.append(part.sum() / obj.sum())
+        # The part shows its class colour; the shared body shows none of the class colours.
+        part_hits = [hue_matches(sample.image[part], class_colour(c, k)).mean() for c in range(k)]
+        assert int(np.argmax(part_hits)) == class_index and part_hits[class_index] > 0.5
+        body = obj & ~part
+        assert max(hue_matches(sample.image[body], class_colour(c, k)).mean() for c in range(k)) < 0.05
     assert max(fractions) < 0.25
     assert 0.06 < np.mean(fractions) < 0.12  # drawn at 8-11 %; overlaps, occluders and borders trim some
 
 
 def test_world_look_parameters_change_what_they_name():
-    """Classes of a shared-colour pair show the same part colour (only the pattern differs); the part-size
-    range is what is drawn; a wider tilt range lets bodies lean further."""
+    """Classes of a shared-colour pair show the same part colour (only the pattern differs), and the part-size
+    range is what is drawn (with bodies leaning up to 1.2 rad)."""
     config = WorldConfig(classes=("owl", "yak", "elk"), shared_colour_pairs=1, part_fraction=(0.14, 0.17),
                          tilt=1.2, train_images=40, val_images=1)
     assert np.array_equal(class_colour(0, 3, 1), class_colour(1, 3, 1))
     assert not np.array_equal(class_colour(0, 3, 1), class_colour(2, 3, 1))
     fractions, seen = [], set()
-    for plan in plan_images(config)[:40]:
-        sample = render_image(config, plan)
-        for class_index, _ in sample.objects:
-            obj = sample.labels == 1 + class_index
-            part = sample.parts & obj
-            fractions.append(part.sum() / obj.sum())
-            if class_index < 2:
-                seen.add(class_index)
-                assert hue_matches(sample.image[part], class_colour(0, 3)).mean() > 0.5
+    for sample, class_index, obj, part in labelled_objects(config, 40):
+        fractions.append(part.sum() / obj.sum())
+        if class_index < 2:
+            seen.add(class_index)
+            assert hue_matches(sample.image[part], class_colour(0, 3)).mean() > 0.5
     assert seen == {0, 1}
     assert np.mean(fractions) > 0.12  # drawn at 14-17 % (the default world's mean is under 0.12)
     with pytest.raises(ValueError, match="shared_colour_pairs"):

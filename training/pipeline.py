@@ -305,6 +305,9 @@ def seeds_summary(miou: dict[int, dict[str, float]], encoder_map: dict[int, floa
     return {"seeds": per_seed, "stats": stats, "order_holds": order_holds}
 
 
+MARGINS = ("decoder_margin", "adaptation_gain")  # seed rows shown with their sign
+
+
 def seeds_markdown(summary: dict) -> str:
     stats, per_seed = summary["stats"], summary["seeds"]
     names = {"cam_baseline": "CAM baseline", "decoder": "decoder on video masks", "adapted": "+ domain adaptation",
@@ -315,8 +318,7 @@ def seeds_markdown(summary: dict) -> str:
              "|---|---|---|---|" + "---|" * len(seeds)]
     for key, name in names.items():
         lines.append(f"| {name} | {stats[key]['mean']:.1f} | {stats[key]['min']:.1f} | {stats[key]['max']:.1f} | "
-                     + " | ".join(f"{per_seed[s][key]:+.1f}" if "_" in key and key != "cam_baseline"
-                                  else f"{per_seed[s][key]:.1f}" for s in seeds) + " |")
+                     + " | ".join(f"{per_seed[s][key]:{'+' if key in MARGINS else ''}.1f}" for s in seeds) + " |")
     lines.append(f"| encoder val mAP | {stats['encoder_map']['mean']:.3f} | {stats['encoder_map']['min']:.3f} | "
                  f"{stats['encoder_map']['max']:.3f} | " + " | ".join(f"{per_seed[s]['encoder_map']:.3f}"
                                                                       for s in seeds) + " |")
