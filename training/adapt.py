@@ -19,7 +19,8 @@ Self-training can go wrong without anyone seeing it: only image-level labels are
 labelled images (``holdout``) is kept out of the fine-tuning to judge it. The foreground threshold is calibrated
 on those held-out labels, not on the ones trained on (which the network learns to reproduce at any cut), and the
 adapted model must keep the input model's class mAP there and agree with its label maps there (mIoU of the two).
-When it does not, the adaptation is refused: ``--out`` holds the input model, and its record says why.
+When it does not, the adaptation is refused: ``--out`` holds the input model, and its record says why; the
+refused model is kept in ``<out>/refused/`` for inspection (finished work is never thrown away).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import numpy as np
 from wsvs.runtime.config import load_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import VOID, write_palette_png
+
+REFUSED = "refused"  # sub-folder of --out that keeps an adaptation the held-out check refused
 
 
 @dataclass
@@ -55,7 +58,6 @@ class AdaptConfig:
     holdout: float = 0.15  # share of the labelled images kept out of fine-tuning to judge it
     max_map_drop: float = 0.02  # the adapted model's class mAP on the held-out images may fall this much at most
     min_agreement: float = 0.6  # ... and its label maps there must agree this well (mIoU) with the input model's
-    guard: bool = True  # refuse an adaptation that fails the held-out check (write the input model instead)
     seed: int = 0
     device: str = "auto"
 
@@ -230,11 +232,12 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
     reference, reference_meta = load_checkpoint(model_dir)
     check = holdout_check(model, meta, reference.to(next(model.parameters()).device), reference_meta,
                           held_dataset, held_labels, config)
-    if check["accepted"] or not config.guard:
-        meta.extra["adaptation"]["check"] = check
+    meta.extra["adaptation"]["check"] = check
+    if check["accepted"]:
         save_checkpoint(out, model, meta)
     else:  # refused: the input model goes on, with the record of what was tried
-        reference_meta.extra["adaptation"] = {**meta.extra["adaptation"], "check": check}
+        save_checkpoint(out / REFUSED, model, meta)
+        reference_meta.extra["adaptation"] = meta.extra["adaptation"]
         save_checkpoint(out, reference, reference_meta)
     replica.wait_for_main()
     return out, {**counts, "check": check}
@@ -247,21 +250,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"adapt: {counts['used']} class masks of {counts['images']} images used "
           f"({counts['skipped_small']} too small skipped, {counts['held_out_images']} images held out)")
     if "check" in counts:  # the process that judged the adaptation
-        print(describe_check(counts["check"], config.guard))
+        print(describe_check(counts["check"], out))
         print(f"checkpoint: {out}")
     return 0
 
 
-def describe_check(check: dict[str, Any], guard: bool = True) -> str:
-    """One line on the held-out check: what it measured and what became of the adaptation."""
+def describe_check(check: dict[str, Any], out: Path) -> str:
+    """One line on the held-out check of the adaptation written to ``out``: what it measured and what became of
+    the adapted model."""
     measured = (f"held-out agreement with the input model {check['agreement']:.3f}, class mAP "
                 f"{check['map_before']:.3f} -> {check['map_after']:.3f}, foreground threshold "
                 f"{check['threshold_before']} -> {check['threshold_after']}")
     if check["accepted"]:
         return f"adaptation accepted: {measured}"
-    if guard:
-        return f"adaptation REFUSED ({check['reason']}): the input model is kept; {measured}"
-    return f"adaptation degraded ({check['reason']}) but kept (--no-guard); {measured}"
+    return (f"adaptation REFUSED ({check['reason']}): the input model is kept, the refused one is in "
+            f"{out / REFUSED}; {measured}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -269,8 +272,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "adapt", help="adapt the model to still images with its own labels (paper §5.2.1)",
         description="Label the training images with the model (classes from the images' labels), then "
         "fine-tune the whole network on those label maps (per present class: its attention through the decoder "
-        "-> binary mask, plus the encoder's image-level loss), and calibrate the foreground threshold on them. "
-        "Writes a checkpoint to --out and the label maps to <out>/labels/.")
+        "-> binary mask, plus the encoder's image-level loss). Held-out labelled images calibrate the foreground "
+        "threshold and judge the result: an adaptation that lowers their class mAP or agrees too little with the "
+        "input model's labels there is refused (--out then holds the input model with the reason, and "
+        "<out>/refused/ the adapted one). Writes a checkpoint to --out and the label maps to <out>/labels/.")
     p.add_argument("--model", type=Path, required=True, help="checkpoint folder with a trained decoder")
     p.add_argument("--data", type=Path, required=True, help="VOC-layout folder with image-level labels")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
@@ -283,9 +288,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default 0.1; 0 keeps every pixel)")
     p.add_argument("--holdout", type=float, default=None,
                    help="share of the labelled images kept out of fine-tuning to check it (default 0.15)")
-    p.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
-                   help="refuse an adaptation that lowers the held-out class mAP or agrees too little with the "
-                   "input model's labels there, and write the input model instead (default: on)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from the last finished epoch in --out")

@@ -168,7 +168,7 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
     def adaptation(folder: Path) -> dict:
         _, counts = adapt(out / "decoder", data, folder, config.adapt, resume=True)
         check = counts.pop("check")
-        print(f"[adapt] {describe_check(check, config.adapt.guard)}", flush=True)
+        print(f"[adapt] {describe_check(check, folder)}", flush=True)
         return {"pairs": counts, "check": check}
 
     adapted = run_stage(out, "adapt", {"decoder": decoded["key"], "data": data_key,
@@ -196,7 +196,7 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
         "segment_videos": {k: v for k, v in segmented["result"].items() if k != "failures"},
         "decoder_frames": decoded["result"]["frames"],
         "adaptation_pairs": adapted["result"]["pairs"],
-        "adaptation": {**adapted["result"]["check"], "guard": config.adapt.guard},
+        "adaptation": adapted["result"]["check"],
     }
     write_json(out / "report.json", report)
     write_report_markdown(out, report)
@@ -239,7 +239,7 @@ def write_report_markdown(out: Path, report: dict) -> Path:
         f"| + domain adaptation | {100 * miou['adapted']:.1f} |",
         "",
         f"Domain adaptation, judged on {report['adaptation']['images']} held-out training images (image-level "
-        f"labels only): {describe_check(report['adaptation'], report['adaptation']['guard'])}.",
+        f"labels only): {describe_check(report['adaptation'], Path('adapt'))}.",
         "",
         "## Per-class IoU (paper's Table 2 layout)",
         "",
