@@ -203,6 +203,23 @@ def test_table1_in_miniature(world_dir: Path, decoder_dir: Path, table1: dict) -
         assert image.mode == "P" and np.array_equal(np.array(image.getpalette()[:6]).reshape(2, 3), voc_palette(2))
 
 
+def test_unsure_band_leaves_sure_pixels_on_both_sides_at_any_threshold() -> None:
+    """A decoder calibrated its foreground threshold at 0.9 on a demo seed: a band of +-0.1 in probability voided
+    every foreground pixel, so adaptation had nothing to learn. In log-odds, both sides keep sure pixels."""
+    from wsvs.training.adapt import AdaptConfig, unsure
+
+    p = np.linspace(0.0, 1.0, 10001)
+    margin = AdaptConfig().uncertain_margin
+    for threshold in (0.1, 0.35, 0.5, 0.9, 0.95):
+        band = unsure(p, threshold, margin)
+        assert band[np.searchsorted(p, threshold)]
+        assert (p[~band] > threshold).mean() > 0.02 and (p[~band] < threshold).mean() > 0.02, threshold
+        assert np.all(np.diff(band.astype(int))[np.diff(band.astype(int)) != 0] == [1, -1])  # one interval
+    near_half = p[unsure(p, 0.5, margin)]
+    assert near_half.min() == pytest.approx(0.4, abs=0.01) and near_half.max() == pytest.approx(0.6, abs=0.01)
+    assert not unsure(p, 0.5, 0.0).any()
+
+
 def test_holdout_split_is_disjoint_seeded_and_keeps_one_of_each() -> None:
     from wsvs.training.adapt import holdout_split
 

@@ -2,8 +2,8 @@
 
 The model trained on videos labels the weakly annotated training images (§3.4 inference at its foreground
 threshold, with each image's own class labels naming the present classes, since they are known there; pixels
-whose probability lies within ``uncertain_margin`` of the threshold are left void, as the model does not know
-them: measured on the test world, fine-tuning on every pixel lost 0.3 mIoU, on the sure ones gained 4.3); then the
+whose foreground log-odds lie within ``uncertain_margin`` of the threshold's are left void, as the model does not
+know them: measured on the test world, fine-tuning on every pixel lost 0.3 mIoU, on the sure ones gained 4.3); then the
 whole network is fine-tuned on those label maps, as the paper fine-tunes "the network using the generated
 annotations as strong supervision": for every present class of an image, the decoder's output on that class's
 multi-scale attention must give the class's pixels (binary cross-entropy), and the encoder keeps its image-level
@@ -52,9 +52,10 @@ class AdaptConfig:
     input_size: int | None = None  # training crop side; None: the encoder's own input size
     scale_jitter: tuple[float, ...] = (0.7, 1.3)
     min_foreground: float = 0.01  # class masks covering less of the image than this are not trained on
-    # Pixels whose foreground probability lies within this of the model's threshold are left out (void): the
-    # model's own unsure pixels teach it nothing but its doubts.
-    uncertain_margin: float = 0.1
+    # Pixels whose foreground log-odds lie within this of the threshold's are left out (void): the model's own
+    # unsure pixels teach it nothing but its doubts. 0.4 is +-0.1 in probability around 0.5; in log-odds the band
+    # leaves sure pixels on both sides at any threshold (at 0.9, +-0.1 in probability would void all foreground).
+    uncertain_margin: float = 0.4
     holdout: float = 0.15  # share of the labelled images kept out of fine-tuning to judge it
     max_map_drop: float = 0.02  # the adapted model's class mAP on the held-out images may fall this much at most
     min_agreement: float = 0.6  # ... and its label maps there must agree this well (mIoU) with the input model's
@@ -82,7 +83,7 @@ def label_images(model, meta, dataset, config: AdaptConfig, labels_out: Path) ->
     counts = {"images": len(dataset), "class_masks": 0, "used": 0, "skipped_small": 0}
     for i, labels, _, foreground in tqdm(segment_dataset(model, meta, dataset, use_image_labels=True),
                                          total=len(dataset), desc="label images", unit="img", leave=False):
-        labels[np.abs(foreground.max(axis=0) - meta.foreground_threshold) < config.uncertain_margin] = VOID
+        labels[unsure(foreground.max(axis=0), meta.foreground_threshold, config.uncertain_margin)] = VOID
         write_palette_png(labels_out / f"{dataset.ids[i]}.png", labels)
         present = np.flatnonzero(dataset.labels(i) > 0)
         trained = np.array([c for c in present if (labels == c + 1).mean() >= config.min_foreground], np.int64)
@@ -94,6 +95,15 @@ def label_images(model, meta, dataset, config: AdaptConfig, labels_out: Path) ->
             images.labels.append(labels)
             images.classes.append(trained)
     return images, counts
+
+
+def unsure(probability: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+    """Where ``probability`` lies within ``margin`` of ``threshold`` in log-odds."""
+    def log_odds(p):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    return np.abs(log_odds(probability) - log_odds(threshold)) < margin
 
 
 def holdout_split(count: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -284,8 +294,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--uncertain-margin", dest="uncertain_margin", type=float, default=None,
-                   help="leave out (void) pixels whose foreground probability is within this of the threshold "
-                   "(default 0.1; 0 keeps every pixel)")
+                   help="leave out (void) pixels whose foreground log-odds are within this of the threshold's "
+                   "(default 0.4, about +-0.1 in probability around 0.5; 0 keeps every pixel)")
     p.add_argument("--holdout", type=float, default=None,
                    help="share of the labelled images kept out of fine-tuning to check it (default 0.15)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
