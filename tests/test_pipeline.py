@@ -73,15 +73,19 @@ def test_seeds_table_reports_mean_min_max_and_per_seed_margins() -> None:
 
     config = seeded(PipelineConfig(), 7)
     assert {config.world.seed, config.encoder.seed, config.decoder.seed, config.adapt.seed} == {7}
-    miou = {0: {"cam_baseline": 0.40, "decoder": 0.50, "adapted": 0.52},
-            1: {"cam_baseline": 0.30, "decoder": 0.42, "adapted": 0.41}}
-    summary = seeds_summary(miou, {0: 0.95, 1: 0.91}, {0: {"accepted": True}, 1: {"accepted": False}})
+    reports = {0: {"miou": {"cam_baseline": 0.40, "decoder": 0.50, "adapted": 0.52}, "encoder_map": 0.95,
+                   "cam_single_scale": {"cam_recall": 0.6}, "adaptation": {"accepted": True}},
+               1: {"miou": {"cam_baseline": 0.30, "decoder": 0.42, "adapted": 0.41}, "encoder_map": 0.91,
+                   "cam_single_scale": {"cam_recall": 0.7}, "adaptation": {"accepted": False}}}
+    summary = seeds_summary(reports)
     assert summary["stats"]["decoder_margin"] == pytest.approx({"mean": 11.0, "min": 10.0, "max": 12.0})
     assert summary["seeds"]["1"]["adaptation_gain"] == pytest.approx(-1.0)
     assert summary["order_holds"] == {"0": True, "1": False}
     markdown = seeds_markdown(summary)
     assert "| decoder - CAM | 11.0 | 10.0 | 12.0 | +10.0 | +12.0 |" in markdown
-    assert "holds in 1 of 2 seeds" in markdown
+    assert "| encoder val mAP | 0.930 | 0.910 | 0.950 | 0.950 | 0.910 |" in markdown
+    assert "| CAM recall of object pixels, one scale (%) | 65.0 | 60.0 | 70.0 | 60.0 | 70.0 |" in markdown
+    assert "| adaptation accepted | | | | yes | no |" in markdown and "holds in 1 of 2 seeds" in markdown
 
 
 def test_train_and_demo_are_subcommands() -> None:

@@ -81,31 +81,6 @@ def test_trained_encoder_classifies_and_gives_a_cam_baseline(world_dir: Path, en
     assert result["table"]["classes"][0] == "background" and "CAM baseline" in result["table_text"]
 
 
-@pytest.fixture(scope="module")
-def demo_encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The default synthetic world and the demo preset's encoder on it (about 2.5 minutes on 2 cores)."""
-    from wsvs.runtime.config import load_config
-    from wsvs.training.pipeline import PipelineConfig, preset_path
-    from wsvs.training.world import generate_world
-
-    config = load_config(PipelineConfig, preset_path("demo"))
-    root = tmp_path_factory.mktemp("demo")
-    world = generate_world(config.world, root / "world")
-    return world / "images", train_encoder(world / "images", root / "encoder", config.encoder)
-
-
-def test_demo_encoder_classifies_and_its_cam_leaves_part_of_the_object_out(demo_encoder) -> None:
-    """On the default world: val mAP >= 0.9, and the CAM of Eq. 2 lights up the discriminative part and the
-    body next to it, not the whole body: the foundation issue asks for about 60 % of the object pixels at
-    most (measured: mAP 0.953, recall 0.609; the multi-scale attention's max over scales widens it to 0.771)."""
-    data, model = demo_encoder
-    history = json.loads((model / "model.json").read_text())["extra"]["encoder_training"]["history"]
-    assert history[-1]["map"] >= 0.9, history[-1]
-    single = evaluate_cam(model, data, EvalCamConfig(split="val", scales=(1.0,)))
-    assert single["cam_recall"] < 0.62, single["cam_recall"]
-    assert single["miou"] > 0.2, single["table_text"]  # a baseline that segments: the part and around it
-
-
 def test_eval_cam_scales_override_the_checkpoints(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
     """--scales 1 scores Eq. 2's CAM alone; the multi-scale attention is a max over scales that include 1, so it
     covers at least as much of every object."""

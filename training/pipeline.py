@@ -281,47 +281,47 @@ def run_seeds(config: PipelineConfig, seeds: list[int], out: Path) -> dict:
     for seed in seeds:
         print(f"=== seed {seed} ===", flush=True)
         runs[seed] = run_pipeline(seeded(config, seed), out / f"seed-{seed}")
-    summary = seeds_summary({seed: report["miou"] for seed, report in runs.items()},
-                            {seed: report["encoder_map"] for seed, report in runs.items()},
-                            {seed: report["adaptation"] for seed, report in runs.items()})
+    summary = seeds_summary(runs)
     write_json(out / "seeds.json", summary)
     (out / "seeds.md").write_text(seeds_markdown(summary))
     return summary
 
 
-def seeds_summary(miou: dict[int, dict[str, float]], encoder_map: dict[int, float],
-                  adaptation: dict[int, dict]) -> dict:
-    """Per-seed mIoU (points) and margins, and the mean, min and max of each over the seeds."""
-    per_seed = {str(seed): {"cam_baseline": 100 * m["cam_baseline"], "decoder": 100 * m["decoder"],
-                            "adapted": 100 * m["adapted"],
-                            "decoder_margin": 100 * (m["decoder"] - m["cam_baseline"]),
-                            "adaptation_gain": 100 * (m["adapted"] - m["decoder"]),
-                            "encoder_map": encoder_map[seed], "adaptation_accepted": adaptation[seed]["accepted"]}
-                for seed, m in miou.items()}
-    keys = ("cam_baseline", "decoder", "adapted", "decoder_margin", "adaptation_gain", "encoder_map")
+def seeds_summary(reports: dict[int, dict]) -> dict:
+    """Per-seed mIoU (points), margins, encoder mAP and one-scale CAM recall (%) from each seed's report, and
+    the mean, min and max of each over the seeds."""
+    per_seed = {}
+    for seed, report in reports.items():
+        miou = {key: 100 * value for key, value in report["miou"].items()}
+        per_seed[str(seed)] = {**miou, "decoder_margin": miou["decoder"] - miou["cam_baseline"],
+                               "adaptation_gain": miou["adapted"] - miou["decoder"],
+                               "encoder_map": report["encoder_map"],
+                               "cam_recall_one_scale": 100 * report["cam_single_scale"]["cam_recall"],
+                               "adaptation_accepted": report["adaptation"]["accepted"]}
     stats = {key: {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
-             for key in keys for values in [[row[key] for row in per_seed.values()]]}
+             for key, _, _ in SEED_ROWS for values in [[row[key] for row in per_seed.values()]]}
     order_holds = {seed: row["cam_baseline"] < row["decoder"] <= row["adapted"] for seed, row in per_seed.items()}
     return {"seeds": per_seed, "stats": stats, "order_holds": order_holds}
 
 
-MARGINS = ("decoder_margin", "adaptation_gain")  # seed rows shown with their sign
+# The seeds table's numeric rows: key, name, format of the mean, min and max (seed cells of margins add a sign).
+SEED_ROWS = (("cam_baseline", "CAM baseline", ".1f"), ("decoder", "decoder on video masks", ".1f"),
+             ("adapted", "+ domain adaptation", ".1f"), ("decoder_margin", "decoder - CAM", ".1f"),
+             ("adaptation_gain", "adapted - decoder", ".1f"), ("encoder_map", "encoder val mAP", ".3f"),
+             ("cam_recall_one_scale", "CAM recall of object pixels, one scale (%)", ".1f"))
+MARGINS = ("decoder_margin", "adaptation_gain")
 
 
 def seeds_markdown(summary: dict) -> str:
     stats, per_seed = summary["stats"], summary["seeds"]
-    names = {"cam_baseline": "CAM baseline", "decoder": "decoder on video masks", "adapted": "+ domain adaptation",
-             "decoder_margin": "decoder - CAM", "adaptation_gain": "adapted - decoder"}
     seeds = list(per_seed)
     lines = ["# Table 1 in miniature over seeds (val mIoU, points)", "",
              "| row | mean | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|---|---|---|" + "---|" * len(seeds)]
-    for key, name in names.items():
-        lines.append(f"| {name} | {stats[key]['mean']:.1f} | {stats[key]['min']:.1f} | {stats[key]['max']:.1f} | "
-                     + " | ".join(f"{per_seed[s][key]:{'+' if key in MARGINS else ''}.1f}" for s in seeds) + " |")
-    lines.append(f"| encoder val mAP | {stats['encoder_map']['mean']:.3f} | {stats['encoder_map']['min']:.3f} | "
-                 f"{stats['encoder_map']['max']:.3f} | " + " | ".join(f"{per_seed[s]['encoder_map']:.3f}"
-                                                                      for s in seeds) + " |")
+    for key, name, form in SEED_ROWS:
+        cell = ("+" if key in MARGINS else "") + form
+        lines.append(f"| {name} | " + " | ".join(f"{stats[key][x]:{form}}" for x in ("mean", "min", "max")) + " | "
+                     + " | ".join(f"{per_seed[s][key]:{cell}}" for s in seeds) + " |")
     lines.append("| adaptation accepted | | | | " + " | ".join("yes" if per_seed[s]["adaptation_accepted"] else "no"
                                                             for s in seeds) + " |")
     held = [s for s, ok in summary["order_holds"].items() if ok]
