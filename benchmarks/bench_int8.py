@@ -10,7 +10,6 @@ The timing loop is `wsvs bench`'s (`wsvs.training.bench.time_calls`); `wsvs benc
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from wsvs.export import quantize
 from wsvs.export.verify import synthetic_images
 from wsvs.runtime.backends import open_backend
 from wsvs.runtime.preprocess import normalise
-from wsvs.training.bench import device_name, time_calls, versions
+from wsvs.training.bench import device_name, graph_metadata, time_calls, versions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -36,12 +35,11 @@ def graphs(folder: Path) -> dict[str, Path]:
     if not paths["fp32"].is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tiny_model(folder)
-    metadata = onnx.load(str(paths["fp32"])).metadata_props
-    props = {p.key: p.value for p in metadata}
     if not paths["fp16"].is_file():
         quantize.to_fp16(paths["fp32"], paths["fp16"])
     if not paths["int8"].is_file():
-        images = normalise(synthetic_images(8, 320, 320, seed=99), json.loads(props["mean"]), json.loads(props["std"]))
+        meta = graph_metadata(paths["fp32"])
+        images = normalise(synthetic_images(8, 320, 320, seed=99), meta.mean, meta.std)
         quantize.to_int8(paths["fp32"], paths["int8"], [image[None] for image in images])
     return paths
 
@@ -64,7 +62,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     paths = graphs(args.model)
-    mean, std = (json.loads(open_backend(paths["fp32"], "segmenter", "ort-cpu").metadata[k]) for k in ("mean", "std"))
+    meta = graph_metadata(paths["fp32"])
 
     print(f"Device: {device_name()}; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     weight = largest_weight(paths["int8"])
@@ -77,7 +75,7 @@ def main() -> None:
         backends = {p: open_backend(path, "segmenter", "ort-cpu", threads) for p, path in paths.items()}
         for size in args.sizes:
             for batch in args.batches:
-                inputs = normalise(synthetic_images(batch, size, size, seed=batch), mean, std)
+                inputs = normalise(synthetic_images(batch, size, size, seed=batch), meta.mean, meta.std)
                 labels = {p: backend.run(inputs)["labels"] for p, backend in backends.items()}
                 p50 = {p: 1e3 * float(np.median(time_calls(lambda b=backend, x=inputs: b.run(x), args.iterations,
                                                            args.warmup)))

@@ -44,11 +44,14 @@ def attention_over_scales(encoder: Encoder, images: torch.Tensor, cams: torch.Te
 
 
 class SegmenterGraph(nn.Module):
-    """§3.4 inference with static-shape ops, so TensorRT can build it with dynamic N, H, W.
+    """§3.4 inference with static-shape ops, so TensorRT can build it with dynamic N, H, W: the graph form of the
+    rule that ``wsvs.runtime.contract`` states in numpy (``present_classes``, then ``labels_from_foreground`` with
+    the classes in slot order), and a test holds the two equal.
 
     The ``top_k`` most likely classes of each image (k fixed at export) get multi-scale attention and go
     through the decoder as one batch of N*k maps; the slots of classes under the threshold are zeroed, so
-    a pixel is background unless some confident class has foreground probability >= ``foreground_threshold``.
+    a pixel is background unless some confident class has foreground probability >= ``foreground_threshold``;
+    on a tie the first slot, the more likely class, wins.
 
     Outputs: ``scores`` (N, C) class probabilities; ``classes`` (N, k) int64 indices of the selected
     classes, most likely first; ``probs`` (N, k, H, W) foreground probability of each selected class

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from wsvs.export import cli, onnx_export, quantize, verify
 from wsvs.export.tensorrt_build import ShapeProfile, parse_shape
+from wsvs.runtime.contract import ArchConfig, ModelMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_image_rgb
 from wsvs.runtime.metrics import ConfusionMatrix
 from wsvs.runtime.preprocess import normalise
-from wsvs.training.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
-from wsvs.training.models import ArchConfig, WSVSModel
+from wsvs.training.checkpoint import load_checkpoint, save_checkpoint
+from wsvs.training.models import WSVSModel
 
 TENSORRT_OPS = Path(__file__).resolve().parents[1] / "export" / "tensorrt_ops.txt"
 TOP_K = 3

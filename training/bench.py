@@ -10,7 +10,6 @@ backend that is fast but wrong shows here). Files are named by device and versio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -23,6 +22,7 @@ import numpy as np
 
 from wsvs.runtime.backends import BACKENDS, cuda_device_name, graph_file, open_backend
 from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, write_json
 
@@ -103,6 +103,12 @@ def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.n
     return run
 
 
+def graph_metadata(model_dir: Path) -> GraphMetadata:
+    """The segmenter graph's metadata, read through ONNX Runtime's CPU provider, which every machine has."""
+    backend = open_backend(model_dir, "segmenter", "ort-cpu")
+    return GraphMetadata.from_props(backend.metadata, backend.path)
+
+
 def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, Callable], dict[str, str]]:
     """(labels function by name, why each skipped backend was skipped). Names given explicitly must load;
     "all" skips what does not load here."""
@@ -119,8 +125,7 @@ def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, 
     for name in wanted:
         try:
             if name == EAGER:
-                top_k = int(open_backend(model_dir, "segmenter", "ort-cpu").metadata["top_k"])
-                loaded[name] = eager_segmenter(model_dir, top_k, threads)
+                loaded[name] = eager_segmenter(model_dir, graph_metadata(model_dir).top_k, threads)
             else:
                 backend = open_backend(model_dir, "segmenter", name, threads)
                 loaded[name] = lambda inputs, backend=backend: backend.run(inputs)["labels"]
@@ -141,11 +146,10 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
     if min(config.batches, default=0) < 1 or config.size < 32 or config.iterations < 1 or config.warmup < 0:
         raise InputError(None, "batches must be >= 1, size >= 32, iterations >= 1 and warmup >= 0")
     loaded, skipped = runners(model_dir, list(config.backends), config.threads)
-    metadata = open_backend(model_dir, "segmenter", "ort-cpu").metadata
+    metadata = graph_metadata(model_dir)
     rows = []
     for batch in config.batches:
-        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), json.loads(metadata["mean"]),
-                           json.loads(metadata["std"]))
+        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), metadata.mean, metadata.std)
         reference = None
         for name, run in tqdm(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
             labels = run(inputs)
@@ -159,7 +163,7 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
         base = next((r for r in rows if r["backend"] == EAGER and r["batch"] == row["batch"]), None)
         row["vs_eager"] = row["images_per_s"] / base["images_per_s"] if base else None
     return {"device": device_name(), "versions": versions(), "model": str(model_dir),
-            "architecture": metadata.get("architecture"), "graph_precision": metadata.get("precision"),
+            "architecture": metadata.architecture, "graph_precision": metadata.precision,
             "config": dump_config(config), "first_backend": next(iter(loaded)), "skipped": skipped, "results": rows}
 
 
