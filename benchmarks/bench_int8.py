@@ -4,7 +4,7 @@ CPU provider, per input size, batch and intra-op thread count; markdown table on
 Run: .venv/bin/python benchmarks/bench_int8.py --model DIR [--sizes 128,320] [--batches 1,8] [--threads 1,2]
 DIR gets the random width-0.125 batch-norm model of `bench_runtime.py --tiny` when it has no model.onnx, then
 model.fp16.onnx and model.int8.onnx (calibrated on 8 synthetic images): speed does not depend on the weights.
-The timing loop is `wsvs bench`'s (`wsvs.training.bench.time_calls`); `wsvs bench` itself has no precision choice.
+The timing loop is `wsvs bench`'s (`wsvs.runtime.timing.time_calls`); `wsvs bench` itself has no precision choice.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import onnx
 from bench_runtime import tiny_model
 
 from wsvs.export import quantize
-from wsvs.export.verify import synthetic_images
 from wsvs.runtime.backends import open_backend
 from wsvs.runtime.preprocess import normalise
-from wsvs.training.bench import device_name, graph_metadata, time_calls, versions
+from wsvs.runtime.timing import synthetic_images, time_calls
+from wsvs.training.bench import device_name, graph_metadata, versions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

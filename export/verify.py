@@ -75,15 +75,6 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> tup
     return float(error.max(initial=0)), float(relative.max(initial=0)), float(within.mean())
 
 
-def synthetic_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth random RGB images (N, H, W, 3) uint8: colour blobs like a photograph's, not pixel noise."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    low = rng.integers(0, 256, size=(count, max(2, height // 24), max(2, width // 24), 3)).astype(np.uint8)
-    return np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC) for image in low])
-
-
 def folder_images(folder: Path, count: int, height: int, width: int) -> np.ndarray:
     """Up to ``count`` images of ``folder`` (sorted by name), resized to (height, width), as (N, H, W, 3)."""
     return np.stack([resize_rgb(read_image_rgb(p), (height, width)) for p in image_paths(folder)[:count]])

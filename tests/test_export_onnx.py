@@ -19,6 +19,7 @@ from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_image_rgb
 from wsvs.runtime.metrics import ConfusionMatrix
 from wsvs.runtime.preprocess import normalise
+from wsvs.runtime.timing import synthetic_images
 from wsvs.training.checkpoint import load_checkpoint, save_checkpoint
 from wsvs.training.models import WSVSModel
 
@@ -74,7 +75,7 @@ def fp32_graphs(loaded, tmp_path_factory) -> onnx_export.GraphPaths:
 @pytest.fixture(scope="module")
 def calibration_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calib")
-    for i, image in enumerate(verify.synthetic_images(6, 120, 150, seed=42)):
+    for i, image in enumerate(synthetic_images(6, 120, 150, seed=42)):
         write_image_rgb(folder / f"calib_{i}.png", image)
     return folder
 
@@ -92,7 +93,7 @@ def low_precision_graphs(fp32_graphs, loaded, calibration_folder, tmp_path_facto
 
 
 def images_of(shape: tuple[int, int, int], meta: ModelMetadata, seed: int = 5) -> np.ndarray:
-    return normalise(verify.synthetic_images(*shape, seed=seed), meta.mean, meta.std)
+    return normalise(synthetic_images(*shape, seed=seed), meta.mean, meta.std)
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,18 @@ Every backend runs the same normalised batches (smooth synthetic images, ``size`
 images/s, the ratio to PyTorch eager at the same batch, and the fraction of labels equal to PyTorch's (a
 backend that is fast but wrong shows here). Files are named by device and versions:
 ``<out>/runtime_<device>_<versions>.{json,md,png}``.
+
+Only the PyTorch baseline needs torch: on an edge device that has only the runtime, the ONNX Runtime and TensorRT
+backends are timed against each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,37 +59,27 @@ def device_name() -> str:
 
 
 def versions() -> dict[str, str]:
+    """What the timings depend on; torch and TensorRT where they are installed."""
     import onnxruntime
-    import torch
 
     from wsvs.runtime import __version__
 
     found = {"wsvs": __version__, "python": platform.python_version(), "numpy": np.__version__,
-             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
-    try:
-        import tensorrt
-
-        found["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
+             "onnxruntime": onnxruntime.__version__}
+    for name in ("torch", "tensorrt"):
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
     return found
-
-
-def time_calls(run: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
-    """Seconds of each of ``iterations`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return np.array(seconds)
 
 
 def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """The checkpoint's segmenter in PyTorch eager mode (the module the ONNX graph was traced from): labels."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise InputError(None, "torch is not installed here (pip install 'wsvs[train]')") from None
 
     from wsvs.export.onnx_export import graph_modules
     from wsvs.training.checkpoint import load_checkpoint
@@ -140,8 +133,8 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
     """Run every backend at every batch; the results as a JSON-ready dict."""
     from tqdm import tqdm
 
-    from wsvs.export.verify import synthetic_images
     from wsvs.runtime.preprocess import normalise
+    from wsvs.runtime.timing import synthetic_images, time_calls
 
     if min(config.batches, default=0) < 1 or config.size < 32 or config.iterations < 1 or config.warmup < 0:
         raise InputError(None, "batches must be >= 1, size >= 32, iterations >= 1 and warmup >= 0")
@@ -170,7 +163,9 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
 def results_stem(results: dict) -> str:
     """``runtime_<device>_<versions>``, lower-case, with only [a-z0-9.-] between underscores."""
     versions = results["versions"]
-    parts = [results["device"], f"ort{versions['onnxruntime']}", f"torch{versions['torch']}"]
+    parts = [results["device"], f"ort{versions['onnxruntime']}"]
+    if "torch" in versions:
+        parts.append(f"torch{versions['torch']}")
     if "tensorrt" in versions:
         parts.append(f"trt{versions['tensorrt']}")
     slug = "_".join(re.sub(r"[^a-z0-9.]+", "-", p.lower()).strip("-") for p in parts)
@@ -178,15 +173,19 @@ def results_stem(results: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
+    """The results as a markdown table; the column of ratios to PyTorch eager only where torch is installed."""
+    eager = "torch" in results["versions"]
+    header = ["backend", "batch", "p50 ms", "p95 ms", "images/s", *([f"vs {EAGER}"] if eager else []),
+              f"labels = {results['first_backend']}"]
     lines = [f"Device: {results['device']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
              f"Input: {results['config']['size']}x{results['config']['size']}, {results['graph_precision']} graph; "
              f"{results['config']['iterations']} timed calls after {results['config']['warmup']} warm-up calls", "",
-             f"| backend | batch | p50 ms | p95 ms | images/s | vs {EAGER} | labels = {results['first_backend']} |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     for row in results["results"]:
-        ratio = "" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"
-        lines.append(f"| {row['backend']} | {row['batch']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                     f"{row['images_per_s']:.1f} | {ratio} | {100 * row['labels_equal_to_first']:.2f}% |")
+        ratio = [] if not eager else ["" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"]
+        cells = [row["backend"], str(row["batch"]), f"{row['p50_ms']:.1f}", f"{row['p95_ms']:.1f}",
+                 f"{row['images_per_s']:.1f}", *ratio, f"{100 * row['labels_equal_to_first']:.2f}%"]
+        lines.append(f"| {' | '.join(cells)} |")
     if results["skipped"]:
         lines += ["", *(f"Skipped {name}: {why}" for name, why in results["skipped"].items())]
     return "\n".join(lines) + "\n"
@@ -251,8 +250,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="latency and throughput of the exported segmenter per backend vs PyTorch eager",
         description="Times the end-to-end segmenter on each backend (ONNX Runtime CPU/CUDA, TensorRT) and in "
-        "PyTorch eager mode on the same synthetic batches: p50/p95 latency, images/s, ratio to PyTorch and label "
-        "agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png (throughput plot). "
+        "PyTorch eager mode (where torch is installed) on the same synthetic batches: p50/p95 latency, images/s, "
+        "ratio to PyTorch and label agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png "
+        "(throughput plot). "
         "Example: wsvs bench --model runs/model --backend all --batch 1,8 --size 320")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
                    help="checkpoint folder holding model.onnx from wsvs-export (and model.engine for TensorRT)")
