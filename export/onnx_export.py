@@ -14,9 +14,8 @@ import onnx
 import torch
 
 from wsvs.runtime.contract import GraphMetadata, ModelMetadata
+from wsvs.training.graphs import DECODER_OUTPUTS, ENCODER_OUTPUTS, SEGMENTER_OUTPUTS, graph_modules
 from wsvs.training.models import WSVSModel
-
-from .wrappers import DECODER_OUTPUTS, ENCODER_OUTPUTS, SEGMENTER_OUTPUTS, DecoderGraph, EncoderGraph, SegmenterGraph
 
 GRAPHS = ("segmenter", "encoder", "decoder")
 INPUT_NAMES = {"segmenter": "images", "encoder": "images", "decoder": "attention"}
@@ -39,16 +38,6 @@ class GraphPaths:
 
     def items(self) -> list[tuple[str, Path]]:
         return [(name, getattr(self, name)) for name in GRAPHS]
-
-
-def graph_modules(model: WSVSModel, meta: ModelMetadata, top_k: int) -> dict[str, torch.nn.Module]:
-    """The export wrappers of each graph, in eval mode."""
-    return {
-        "segmenter": SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold,
-                                    meta.foreground_threshold, top_k).eval(),
-        "encoder": EncoderGraph(model.encoder, meta.scales).eval(),
-        "decoder": DecoderGraph(model.decoder).eval(),
-    }
 
 
 def dynamic_axes(graph: str) -> dict[str, dict[int, str]]:

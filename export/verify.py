@@ -22,6 +22,7 @@ import torch
 from wsvs.runtime.contract import ModelMetadata, labels_from_foreground
 from wsvs.runtime.io import IMAGE_SUFFIXES, read_image_rgb
 from wsvs.runtime.preprocess import resize_rgb
+from wsvs.training.graphs import DecoderGraph, EncoderGraph
 from wsvs.training.models import WSVSModel, multiscale_attention
 
 from .onnx_export import OUTPUT_NAMES
@@ -108,8 +109,6 @@ def reference_segmentation(model: WSVSModel, meta: ModelMetadata, images: torch.
 def reference_outputs(model: WSVSModel, meta: ModelMetadata, graph: str, inputs: np.ndarray,
                       top_k: int) -> list[np.ndarray]:
     """What each graph must output for ``inputs``, from the PyTorch model."""
-    from .wrappers import DecoderGraph, EncoderGraph
-
     x = torch.from_numpy(inputs)
     with torch.no_grad():
         if graph == "segmenter":

@@ -3,7 +3,7 @@ into labels.
 
 Training writes the metadata into a checkpoint (``model.json``, ``ModelMetadata``), the exporter into every graph
 (``metadata_props``, ``GraphMetadata``), and the runtime reads it back from there. The rule is here in numpy for
-every caller that applies it outside an exported graph; ``wsvs.export.wrappers.SegmenterGraph`` is the same rule in
+every caller that applies it outside an exported graph; ``wsvs.training.graphs.SegmenterGraph`` is the same rule in
 graph ops, and a test holds the two equal.
 """
 

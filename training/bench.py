@@ -81,8 +81,8 @@ def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.n
     except ImportError:
         raise InputError(None, "torch is not installed here (pip install 'wsvs[train]')") from None
 
-    from wsvs.export.onnx_export import graph_modules
-    from wsvs.training.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
+    from .graphs import graph_modules
 
     if threads:
         torch.set_num_threads(threads)
