@@ -182,7 +182,7 @@ def markdown_table(results: dict) -> str:
              f"{results['config']['iterations']} timed calls after {results['config']['warmup']} warm-up calls", "",
              f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     for row in results["results"]:
-        ratio = [] if not eager else ["" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"]
+        ratio = ["" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"] if eager else []
         cells = [row["backend"], str(row["batch"]), f"{row['p50_ms']:.1f}", f"{row['p95_ms']:.1f}",
                  f"{row['images_per_s']:.1f}", *ratio, f"{100 * row['labels_equal_to_first']:.2f}%"]
         lines.append(f"| {' | '.join(cells)} |")
