@@ -72,6 +72,7 @@ class ModelMetadata(InferenceMetadata):
     extra: dict[str, Any] = field(default_factory=dict)  # stage records (training history, metrics)
 
     def to_json(self) -> dict[str, Any]:
+        """``model.json``'s content, stamped with the format version that ``from_json`` checks."""
         data = dataclasses.asdict(self)
         data["format_version"] = FORMAT_VERSION
         data["wsvs_version"] = __version__
@@ -115,6 +116,7 @@ class GraphMetadata(InferenceMetadata):
         return cls(**shared, graph=graph, precision=precision, top_k=top_k)
 
     def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` that ``from_props`` reads back, plus the version and input range for people."""
         return {
             "wsvs_version": __version__,
             "graph": self.graph,
