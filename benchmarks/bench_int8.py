@@ -4,13 +4,12 @@ CPU provider, per input size, batch and intra-op thread count; markdown table on
 Run: .venv/bin/python benchmarks/bench_int8.py --model DIR [--sizes 128,320] [--batches 1,8] [--threads 1,2]
 DIR gets the random width-0.125 batch-norm model of `bench_runtime.py --tiny` when it has no model.onnx, then
 model.fp16.onnx and model.int8.onnx (calibrated on 8 synthetic images): speed does not depend on the weights.
-The timing loop is `wsvs bench`'s (`wsvs.training.bench.time_calls`); `wsvs bench` itself has no precision choice.
+The timing loop is `wsvs bench`'s (`wsvs.runtime.timing.time_calls`); `wsvs bench` itself has no precision choice.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,10 @@ import onnx
 from bench_runtime import tiny_model
 
 from wsvs.export import quantize
-from wsvs.export.verify import synthetic_images
 from wsvs.runtime.backends import open_backend
 from wsvs.runtime.preprocess import normalise
-from wsvs.training.bench import device_name, time_calls, versions
+from wsvs.runtime.timing import synthetic_images, time_calls
+from wsvs.training.bench import device_name, graph_metadata, versions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -36,12 +35,11 @@ def graphs(folder: Path) -> dict[str, Path]:
     if not paths["fp32"].is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tiny_model(folder)
-    metadata = onnx.load(str(paths["fp32"])).metadata_props
-    props = {p.key: p.value for p in metadata}
     if not paths["fp16"].is_file():
         quantize.to_fp16(paths["fp32"], paths["fp16"])
     if not paths["int8"].is_file():
-        images = normalise(synthetic_images(8, 320, 320, seed=99), json.loads(props["mean"]), json.loads(props["std"]))
+        meta = graph_metadata(paths["fp32"])
+        images = normalise(synthetic_images(8, 320, 320, seed=99), meta.mean, meta.std)
         quantize.to_int8(paths["fp32"], paths["int8"], [image[None] for image in images])
     return paths
 
@@ -64,7 +62,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     paths = graphs(args.model)
-    mean, std = (json.loads(open_backend(paths["fp32"], "segmenter", "ort-cpu").metadata[k]) for k in ("mean", "std"))
+    meta = graph_metadata(paths["fp32"])
 
     print(f"Device: {device_name()}; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     weight = largest_weight(paths["int8"])
@@ -77,7 +75,7 @@ def main() -> None:
         backends = {p: open_backend(path, "segmenter", "ort-cpu", threads) for p, path in paths.items()}
         for size in args.sizes:
             for batch in args.batches:
-                inputs = normalise(synthetic_images(batch, size, size, seed=batch), mean, std)
+                inputs = normalise(synthetic_images(batch, size, size, seed=batch), meta.mean, meta.std)
                 labels = {p: backend.run(inputs)["labels"] for p, backend in backends.items()}
                 p50 = {p: 1e3 * float(np.median(time_calls(lambda b=backend, x=inputs: b.run(x), args.iterations,
                                                            args.warmup)))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from wsvs.runtime.keyframes import iter_keyframes, merge_windows, window_times
-from wsvs.training.bench import time_calls
+from wsvs.runtime.timing import time_calls
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 CLIPS = ("cockatoo", "realshort", "bikes", "carphone_pristine", "bigbuckbunny")

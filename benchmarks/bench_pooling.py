@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from wsvs.cuda_kernels import pooling
 from wsvs.runtime.pooling import superpixel_pool
-from wsvs.training.bench import time_calls
+from wsvs.runtime.timing import time_calls
 
 HEIGHT, WIDTH = 360, 480
 CASES = [(superpixels, channels) for superpixels in (600, 1000) for channels in (1, 5, 20)]

@@ -22,8 +22,9 @@ def tiny_model(folder: Path) -> None:
     import torch
 
     from wsvs.export import onnx_export
-    from wsvs.training.checkpoint import ModelMetadata, save_checkpoint
-    from wsvs.training.models import ArchConfig, WSVSModel
+    from wsvs.runtime.contract import ArchConfig, ModelMetadata
+    from wsvs.training.checkpoint import save_checkpoint
+    from wsvs.training.models import WSVSModel
 
     torch.manual_seed(0)
     arch = ArchConfig(num_classes=20, width=0.125, batch_norm=True)

@@ -72,6 +72,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     """The whole command; returns the exit code (1 when verification fails)."""
     import shutil
 
+    from wsvs.runtime.timing import synthetic_images
     from wsvs.training.checkpoint import load_checkpoint
 
     from . import onnx_export, quantize, tensorrt_build, verify
@@ -137,7 +138,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     for seed, (n, _, h, w) in enumerate(verification_shapes(profile)):
         images = verify.folder_images(calib, n, h, w) if calib is not None else None
         if images is None or len(images) < n:
-            images = verify.synthetic_images(n, h, w, seed)
+            images = synthetic_images(n, h, w, seed)
         batches.append(normalise_images(images, meta))
     print(f"verify against PyTorch fp32 (atol {tolerance.atol:g}, rtol {tolerance.rtol:g}, agreement >= "
           f"{100 * tolerance.min_agreement:g}% of values, {100 * tolerance.min_label_agreement:g}% of labels):")

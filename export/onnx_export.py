@@ -1,12 +1,11 @@
 """Checkpoint -> three fp32 ONNX graphs (segmenter, encoder, decoder) with dynamic batch, height and width.
 
-Every graph carries its metadata in ``metadata_props`` (string values, JSON where structured), so the
-runtime needs nothing besides the ``.onnx`` file.
+Every graph carries its metadata in ``metadata_props`` (``wsvs.runtime.contract.GraphMetadata``: string values,
+JSON where structured), so the runtime needs nothing besides the ``.onnx`` file.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,13 @@ from pathlib import Path
 import onnx
 import torch
 
-from wsvs.runtime import __version__
-from wsvs.training.checkpoint import ModelMetadata
+from wsvs.runtime.contract import GraphMetadata, ModelMetadata
+from wsvs.training.graphs import DECODER_OUTPUTS, ENCODER_OUTPUTS, SEGMENTER_OUTPUTS, graph_modules
 from wsvs.training.models import WSVSModel
-
-from .wrappers import DECODER_OUTPUTS, ENCODER_OUTPUTS, SEGMENTER_OUTPUTS, DecoderGraph, EncoderGraph, SegmenterGraph
 
 GRAPHS = ("segmenter", "encoder", "decoder")
 INPUT_NAMES = {"segmenter": "images", "encoder": "images", "decoder": "attention"}
 OUTPUT_NAMES = {"segmenter": SEGMENTER_OUTPUTS, "encoder": ENCODER_OUTPUTS, "decoder": DECODER_OUTPUTS}
-INPUT_RANGE = ("float32 (N, 3, H, W) RGB: pixel / 255, minus mean, divided by std, per channel "
-               "(wsvs.runtime.preprocess.normalise)")
-DECODER_INPUT_RANGE = "float32 (N, 1, H, W) attention in [0, 1]"
 
 
 @dataclass(frozen=True)
@@ -46,16 +40,6 @@ class GraphPaths:
         return [(name, getattr(self, name)) for name in GRAPHS]
 
 
-def graph_modules(model: WSVSModel, meta: ModelMetadata, top_k: int) -> dict[str, torch.nn.Module]:
-    """The export wrappers of each graph, in eval mode."""
-    return {
-        "segmenter": SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold,
-                                    meta.foreground_threshold, top_k).eval(),
-        "encoder": EncoderGraph(model.encoder, meta.scales).eval(),
-        "decoder": DecoderGraph(model.decoder).eval(),
-    }
-
-
 def dynamic_axes(graph: str) -> dict[str, dict[int, str]]:
     """Batch, height and width are dynamic on the input and on every output that has them."""
     image_axes = {0: "N", 2: "H", 3: "W"}
@@ -66,26 +50,6 @@ def dynamic_axes(graph: str) -> dict[str, dict[int, str]]:
         "decoder": {"foreground": image_axes},
     }[graph]
     return {INPUT_NAMES[graph]: image_axes, **outputs}
-
-
-def graph_metadata(meta: ModelMetadata, graph: str, precision: str, top_k: int) -> dict[str, str]:
-    """The ``metadata_props`` of one graph: what a runtime needs to pre- and post-process."""
-    return {
-        "wsvs_version": __version__,
-        "graph": graph,
-        "precision": precision,
-        "architecture": meta.architecture,
-        "class_names": json.dumps(list(meta.class_names)),
-        "mean": json.dumps(list(meta.mean)),
-        "std": json.dumps(list(meta.std)),
-        "input_range": DECODER_INPUT_RANGE if graph == "decoder" else INPUT_RANGE,
-        "input_size": str(meta.input_size),
-        "scales": json.dumps(list(meta.scales)),
-        "class_threshold": repr(meta.class_threshold),
-        "foreground_threshold": repr(meta.foreground_threshold),
-        "top_k": str(top_k),
-        "decoder_trained": json.dumps(meta.decoder_trained),
-    }
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
@@ -118,4 +82,4 @@ def export_onnx(model: WSVSModel, meta: ModelMetadata, paths: GraphPaths, opset:
     """Write the fp32 segmenter, encoder and decoder graphs."""
     modules = graph_modules(model, meta, top_k)
     for graph, path in paths.items():
-        export_graph(modules[graph], graph, path, opset, graph_metadata(meta, graph, "fp32", top_k))
+        export_graph(modules[graph], graph, path, opset, GraphMetadata.of(meta, graph, "fp32", top_k).to_props())

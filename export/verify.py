@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsvs.runtime.contract import ModelMetadata, labels_from_foreground
 from wsvs.runtime.io import IMAGE_SUFFIXES, read_image_rgb
 from wsvs.runtime.preprocess import resize_rgb
-from wsvs.training.checkpoint import ModelMetadata
+from wsvs.training.graphs import DecoderGraph, EncoderGraph
 from wsvs.training.models import WSVSModel, multiscale_attention
 
 from .onnx_export import OUTPUT_NAMES
@@ -75,15 +76,6 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> tup
     return float(error.max(initial=0)), float(relative.max(initial=0)), float(within.mean())
 
 
-def synthetic_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth random RGB images (N, H, W, 3) uint8: colour blobs like a photograph's, not pixel noise."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    low = rng.integers(0, 256, size=(count, max(2, height // 24), max(2, width // 24), 3)).astype(np.uint8)
-    return np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC) for image in low])
-
-
 def folder_images(folder: Path, count: int, height: int, width: int) -> np.ndarray:
     """Up to ``count`` images of ``folder`` (sorted by name), resized to (height, width), as (N, H, W, 3)."""
     return np.stack([resize_rgb(read_image_rgb(p), (height, width)) for p in image_paths(folder)[:count]])
@@ -97,8 +89,9 @@ def image_paths(folder: Path) -> list[Path]:
 @torch.no_grad()
 def reference_segmentation(model: WSVSModel, meta: ModelMetadata, images: torch.Tensor,
                            top_k: int) -> tuple[torch.Tensor, ...]:
-    """§3.4 in plain PyTorch, one class at a time, on the unchanged model functions: the ground truth that
-    the segmenter graph (batched, gathered, masked) must reproduce. Outputs as ``SegmenterGraph``."""
+    """§3.4 on the unchanged model functions, one class at a time, with the labels by the runtime's numpy rule
+    (``wsvs.runtime.contract.labels_from_foreground``): the ground truth that the segmenter graph (batched,
+    gathered, masked, the rule in graph ops) must reproduce. Outputs as ``SegmenterGraph``."""
     logits, _ = model.encoder(images)
     scores = torch.sigmoid(logits)
     attention = multiscale_attention(model.encoder, images, meta.scales)
@@ -109,17 +102,13 @@ def reference_segmentation(model: WSVSModel, meta: ModelMetadata, images: torch.
             if top_scores[n, slot] > meta.class_threshold:
                 class_attention = attention[n, classes[n, slot]][None, None]
                 probs[n, slot] = torch.sigmoid(model.decoder(class_attention))[0, 0]
-    best, best_slot = probs.max(dim=1)
-    best_class = classes.gather(1, best_slot.flatten(1)).reshape(best.shape)
-    labels = torch.where(best >= meta.foreground_threshold, best_class + 1, 0)
-    return scores, classes, probs, labels.to(torch.int32)
+    labels = labels_from_foreground(probs.numpy(), meta.foreground_threshold, classes.numpy())
+    return scores, classes, probs, torch.from_numpy(labels.astype(np.int32))
 
 
 def reference_outputs(model: WSVSModel, meta: ModelMetadata, graph: str, inputs: np.ndarray,
                       top_k: int) -> list[np.ndarray]:
     """What each graph must output for ``inputs``, from the PyTorch model."""
-    from .wrappers import DecoderGraph, EncoderGraph
-
     x = torch.from_numpy(inputs)
     with torch.no_grad():
         if graph == "segmenter":

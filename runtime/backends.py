@@ -40,7 +40,7 @@ class Backend(ABC):
 
     name: str  # one of BACKENDS
     path: Path
-    metadata: dict[str, str]  # the graph's metadata_props (class_names, mean, std, ... as strings)
+    metadata: dict[str, str]  # the graph's metadata_props as strings: contract.GraphMetadata.from_props parses them
     max_batch: int | None = None  # the largest batch one call accepts; None: any
     selection: str = ""  # why "auto" chose this backend (empty when it was named)
 

@@ -7,7 +7,6 @@ by size, and run through ``model.onnx`` (or its engine); the graph's ``labels`` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends import Backend, select_backend
+from .contract import GraphMetadata
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, overlay, read_image_rgb, write_image_rgb, write_palette_png
 from .preprocess import normalise, resize_rgb
@@ -59,12 +59,7 @@ class ImageSegmenter:
         if batch < 1:
             raise InputError(None, f"batch must be >= 1, got {batch}")
         self.backend: Backend = select_backend(backend, model, "segmenter", threads)
-        meta = self.backend.metadata
-        try:
-            self.class_names: list[str] = json.loads(meta["class_names"])
-            self.mean, self.std = json.loads(meta["mean"]), json.loads(meta["std"])
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise InputError(self.backend.path, f"graph metadata lacks class names, mean or std ({exc})") from None
+        self.metadata = GraphMetadata.from_props(self.backend.metadata, self.backend.path)
         self.batch = min(batch, self.backend.max_batch or batch)
         self.long_side = long_side
 
@@ -84,7 +79,7 @@ class ImageSegmenter:
         for group in groups:
             height, width = sizes[group[0]]
             batch = np.stack([resize_rgb(images[i], (height, width)) for i in group])
-            outputs = self.backend.run(normalise(batch, self.mean, self.std))
+            outputs = self.backend.run(normalise(batch, self.metadata.mean, self.metadata.std))
             for i, labels, scores in zip(group, outputs["labels"], outputs["scores"]):
                 labels = labels.astype(np.uint8)
                 if labels.shape != images[i].shape[:2]:

@@ -16,7 +16,6 @@ Outputs: ``<out>/masks/<index>.png`` (VOC-palette label map per decoded frame, a
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends import open_backend, select_backend
+from .contract import GraphMetadata, labels_from_foreground, present_classes
 from .errors import InputError
 from .image_segmenter import network_size
 from .io import add_h264_stream, atomic_path, overlay, write_json, write_palette_png
@@ -141,38 +141,28 @@ class VideoSegmenter:
             raise InputError(None, f"batch and window must be >= 1, got {batch} and {window}")
         self.encoder = select_backend(backend, model, "encoder", threads)
         self.decoder = open_backend(model, "decoder", self.encoder.name, threads)
-        meta = self.encoder.metadata
-        try:
-            self.class_names: list[str] = json.loads(meta["class_names"])
-            self.mean, self.std = json.loads(meta["mean"]), json.loads(meta["std"])
-            self.class_threshold = float(meta["class_threshold"])
-            self.foreground_threshold = float(meta["foreground_threshold"])
-            self.top_k = int(meta["top_k"])
-        except (KeyError, ValueError) as exc:
-            raise InputError(self.encoder.path, f"graph metadata is incomplete ({exc})") from None
+        self.metadata = GraphMetadata.from_props(self.encoder.metadata, self.encoder.path)
         self.batch = min(batch, self.encoder.max_batch or batch)
         self.long_side, self.refine, self.window = long_side, refine, window
         self.videoseg = videoseg or VideoSegConfig()
 
     def encode(self, small: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, C) and multi-scale attention (N, C, H, W) of same-size RGB frames."""
-        outputs = self.encoder.run(normalise(np.stack(small), self.mean, self.std))
+        outputs = self.encoder.run(normalise(np.stack(small), self.metadata.mean, self.metadata.std))
         return outputs["scores"], outputs["attention"]
 
     def decode(self, scores: np.ndarray, attention: np.ndarray) -> np.ndarray:
-        """Labels (N, H, W) uint8: the top-k confident classes of each frame through the decoder, pixel-wise
-        maximum, background where the best foreground probability is under the threshold."""
+        """Labels (N, H, W) uint8 by the §3.4 rule (``wsvs.runtime.contract``): the present classes of each frame
+        through the decoder graph, pixel-wise maximum, background where the best probability is under the
+        threshold."""
         foreground = np.zeros(attention.shape, np.float32)
-        top = np.argsort(-scores, axis=1)[:, : self.top_k]
-        frame_index, slot = np.nonzero(np.take_along_axis(scores, top, axis=1) > self.class_threshold)
-        class_index = top[frame_index, slot]
+        frame_index, class_index = present_classes(scores, self.metadata.class_threshold, self.metadata.top_k)
         step = self.decoder.max_batch or len(frame_index) or 1
         for start in range(0, len(frame_index), step):
             picked = slice(start, start + step)
             maps = attention[frame_index[picked], class_index[picked]][:, None]
             foreground[frame_index[picked], class_index[picked]] = self.decoder.run(maps)["foreground"][:, 0]
-        return np.where(foreground.max(axis=1) >= self.foreground_threshold, foreground.argmax(axis=1) + 1,
-                        0).astype(np.uint8)
+        return labels_from_foreground(foreground, self.metadata.foreground_threshold)
 
     def refine_window(self, small: list[np.ndarray], scores: list[np.ndarray],
                       attention: list[np.ndarray]) -> np.ndarray:
@@ -180,7 +170,7 @@ class VideoSegmenter:
         all background when no class is confident over the window."""
         mean_scores = np.mean(scores, axis=0)
         best = int(mean_scores.argmax())
-        if mean_scores[best] <= self.class_threshold:
+        if mean_scores[best] <= self.metadata.class_threshold:
             return np.zeros((len(small), *small[0].shape[:2]), np.uint8)
         masks, _ = segment_frames(np.stack(small), np.stack([a[best] for a in attention]), self.videoseg)
         return (masks * (best + 1)).astype(np.uint8)

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground
 from wsvs.runtime.io import read_label_png, voc_palette, write_binary_png
-from wsvs.training.checkpoint import ModelMetadata, load_checkpoint
+from wsvs.training.checkpoint import load_checkpoint
 from wsvs.training.cli import main
-from wsvs.training.models import ArchConfig, WSVSModel, multiscale_attention
-from wsvs.training.segment import labels_from_foreground, segment_images
+from wsvs.training.models import WSVSModel, multiscale_attention
+from wsvs.training.segment import segment_images
 from wsvs.training.train_decoder import Pairs, TrainDecoderConfig, calibrate_threshold, fit_decoder, video_pairs
 
 TINY = ArchConfig(num_classes=3, width=0.125, batch_norm=True)

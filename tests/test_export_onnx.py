@@ -11,15 +11,19 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from wsvs.export import cli, onnx_export, quantize, verify
 from wsvs.export.tensorrt_build import ShapeProfile, parse_shape
+from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground, present_classes
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_image_rgb
 from wsvs.runtime.metrics import ConfusionMatrix
 from wsvs.runtime.preprocess import normalise
-from wsvs.training.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
-from wsvs.training.models import ArchConfig, WSVSModel
+from wsvs.runtime.timing import synthetic_images
+from wsvs.training.checkpoint import load_checkpoint, save_checkpoint
+from wsvs.training.graphs import SegmenterGraph
+from wsvs.training.models import WSVSModel
 
 TENSORRT_OPS = Path(__file__).resolve().parents[1] / "export" / "tensorrt_ops.txt"
 TOP_K = 3
@@ -73,7 +77,7 @@ def fp32_graphs(loaded, tmp_path_factory) -> onnx_export.GraphPaths:
 @pytest.fixture(scope="module")
 def calibration_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calib")
-    for i, image in enumerate(verify.synthetic_images(6, 120, 150, seed=42)):
+    for i, image in enumerate(synthetic_images(6, 120, 150, seed=42)):
         write_image_rgb(folder / f"calib_{i}.png", image)
     return folder
 
@@ -91,7 +95,7 @@ def low_precision_graphs(fp32_graphs, loaded, calibration_folder, tmp_path_facto
 
 
 def images_of(shape: tuple[int, int, int], meta: ModelMetadata, seed: int = 5) -> np.ndarray:
-    return normalise(verify.synthetic_images(*shape, seed=seed), meta.mean, meta.std)
+    return normalise(synthetic_images(*shape, seed=seed), meta.mean, meta.std)
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +272,40 @@ def test_cli_exports_int8_and_verifies(checkpoint, calibration_folder, tmp_path,
     assert onnx_export.read_metadata(onnx.load(str(out.with_name("seg.encoder.onnx"))))["precision"] == "int8"
     for path in out.parent.iterdir():
         assert_int8_cannot_saturate(path)
+
+
+class SharpDecoder(nn.Module):
+    """A decoder whose foreground logit is ``sharpness * (attention - 0.5)``: at a large sharpness its probabilities
+    are 0 or 1, so present classes tie at many pixels."""
+
+    def __init__(self, sharpness: float) -> None:
+        super().__init__()
+        self.sharpness = sharpness
+
+    def forward(self, attention: torch.Tensor) -> torch.Tensor:
+        return self.sharpness * (attention - 0.5)
+
+
+@pytest.mark.parametrize(("sharpness", "ties"), [(3.0, False), (1e4, True)])
+def test_segmenter_graph_is_the_runtime_rule_in_graph_ops(sharpness, ties):
+    """The exported form of §3.4 gives, on its own scores and probabilities, what the runtime's numpy rule gives:
+    the same present classes, and the same labels, ties going to the more likely class."""
+    torch.manual_seed(0)
+    arch = ArchConfig(num_classes=5, width=0.125, batch_norm=True)
+    model = WSVSModel(arch).eval()
+    x = torch.from_numpy(images_of((3, 67, 91), ModelMetadata(class_names=list("abcde"), arch=arch), seed=3))
+    with torch.no_grad():
+        class_threshold = float(torch.sigmoid(model.encoder(x)[0]).median())  # about half the classes present
+        graph = SegmenterGraph(model.encoder, SharpDecoder(sharpness), (1.0, 1.5), class_threshold, 0.5, TOP_K)
+        scores, classes, probs, labels = (output.numpy() for output in graph(x))
+
+    present = np.take_along_axis(scores, classes, axis=1) > class_threshold
+    image_index, class_index = present_classes(scores, class_threshold, TOP_K)
+    assert sorted(zip(image_index, class_index)) == sorted((n, classes[n, k]) for n, k in zip(*np.nonzero(present)))
+    assert 0 < present.sum() < present.size and not probs[~present].any()
+    np.testing.assert_array_equal(labels, labels_from_foreground(probs, 0.5, classes))
+    assert len(np.unique(labels)) >= 3
+    assert ((probs == 1).sum(axis=1) >= 2).any() == ties  # saturated: ties, which go to the first (likelier) class
 
 
 def test_verification_fails_past_tolerance():

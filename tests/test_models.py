@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsvs.runtime.contract import ArchConfig, ModelMetadata
 from wsvs.runtime.errors import InputError
-from wsvs.training.checkpoint import ModelMetadata, load_backbone_weights, load_checkpoint, save_checkpoint
-from wsvs.training.models import ArchConfig, Encoder, SwitchUnpool, WSVSModel, max_pool_with_switches
+from wsvs.training.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint
+from wsvs.training.models import Encoder, SwitchUnpool, WSVSModel, max_pool_with_switches
 
 
 def test_cam_is_eq2_and_gap_of_cam_gives_the_logits() -> None:

@@ -17,10 +17,12 @@ from test_export_onnx import save_tiny_checkpoint
 
 from wsvs.export import onnx_export, verify
 from wsvs.runtime.backends import check_engine_sidecar, open_backend, select_backend
+from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.image_segmenter import ImageSegmenter, segment_files
 from wsvs.runtime.io import read_label_png, write_json
 from wsvs.runtime.preprocess import normalise, resize_rgb
+from wsvs.runtime.timing import synthetic_images
 from wsvs.runtime.video_segmenter import VideoSegmenter
 from wsvs.training import bench
 from wsvs.training.checkpoint import load_checkpoint
@@ -49,8 +51,8 @@ def reference_labels(folder: Path, images: np.ndarray) -> np.ndarray:
 
 
 def test_image_segmenter_matches_pytorch_at_odd_sizes_and_batches(exported, segmenter):
-    odd = verify.synthetic_images(3, 97, 131, seed=3)  # three of one size: a batch of 2, then 1
-    small = verify.synthetic_images(1, 64, 80, seed=4)
+    odd = synthetic_images(3, 97, 131, seed=3)  # three of one size: a batch of 2, then 1
+    small = synthetic_images(1, 64, 80, seed=4)
     results = segmenter.segment([odd[0], small[0], odd[1], odd[2]])
     got = [r.labels for r in results]
     for reference, labels in zip([*reference_labels(exported, odd), *reference_labels(exported, small)],
@@ -62,7 +64,7 @@ def test_image_segmenter_matches_pytorch_at_odd_sizes_and_batches(exported, segm
 
 
 def test_long_side_resizes_and_restores_size(segmenter):
-    image = verify.synthetic_images(1, 90, 150, seed=6)[0]
+    image = synthetic_images(1, 90, 150, seed=6)[0]
     resized = ImageSegmenter(segmenter.backend.path, "ort-cpu", long_side=75).segment([image])[0].labels
     direct = segmenter.segment([resize_rgb(image, (45, 75))])[0].labels
     assert resized.shape == (90, 150)
@@ -70,7 +72,7 @@ def test_long_side_resizes_and_restores_size(segmenter):
 
 
 def test_segment_files_reads_gray_rgba_and_16_bit(exported, tmp_path):
-    rgb = verify.synthetic_images(1, 72, 88, seed=8)[0]
+    rgb = synthetic_images(1, 72, 88, seed=8)[0]
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     cv2.imwrite(str(tmp_path / "rgb.png"), bgr)
@@ -205,13 +207,51 @@ def test_bench_times_backends_against_pytorch(exported, tmp_path):
         bench.benchmark(exported, bench.BenchConfig(backends=("tensorrt",), iterations=1))
 
 
+def stand_in_segmenter(path: Path) -> Path:
+    """A segmenter graph made with onnx.helper, so without torch: real graph metadata, and for labels the image's
+    channel maximum cast to int32 (enough to time a backend on)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    labels = helper.make_tensor_value_info("labels", TensorProto.INT32, ["N", "H", "W"])
+    nodes = [helper.make_node("ReduceMax", ["images"], ["peak"], axes=[1], keepdims=0),
+             helper.make_node("Cast", ["peak"], ["labels"], to=TensorProto.INT32)]
+    model = helper.make_model(helper.make_graph(nodes, "segmenter", [images], [labels]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    props = GraphMetadata(class_names=["ant", "bee"], graph="segmenter", precision="fp32", top_k=2).to_props()
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bench_times_onnx_backends_without_torch(tmp_path):
+    """`wsvs bench --backend ort-cpu` where torch cannot be imported: the rows of ONNX Runtime, no PyTorch column."""
+    model, out = stand_in_segmenter(tmp_path / "m.onnx"), tmp_path / "out"
+    argv = ["bench", "--model", str(model), "--backend", "ort-cpu", "--batch", "1,2", "--size", "32",
+            "--iterations", "2", "--warmup", "1", "--out", str(out)]
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from wsvs.training.cli import main\n"
+            f"code = main({argv!r})\n"
+            "assert not [k for k, v in sys.modules.items() if v is not None and k.split('.')[0] == 'torch']\n"
+            "sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.suffix for p in out.iterdir()) == [".json", ".md", ".png"]
+    table = next(out.glob("*.md")).read_text()
+    assert "| ort-cpu | 2 |" in table and "pytorch" not in table
+    assert "torch" not in json.loads(next(out.glob("*.json")).read_text())["versions"]
+
+
 @pytest.mark.gpu
 def test_gpu_backends_match_onnxruntime_cpu(exported):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("no ONNX Runtime CUDA provider here (needs onnxruntime-gpu and an NVIDIA GPU)")
-    images = verify.synthetic_images(2, 97, 131, seed=3)
+    images = synthetic_images(2, 97, 131, seed=3)
     cpu = ImageSegmenter(exported, "ort-cpu").segment(list(images))
     gpu = ImageSegmenter(exported, "ort-cuda").segment(list(images))
     for a, b in zip(cpu, gpu):
@@ -221,7 +261,7 @@ def test_gpu_backends_match_onnxruntime_cpu(exported):
 def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys):
     from wsvs.training.cli import main
 
-    images = verify.synthetic_images(2, 97, 131, seed=5)
+    images = synthetic_images(2, 97, 131, seed=5)
     for i, image in enumerate(images):
         cv2.imwrite(str(tmp_path / f"im{i}.png"), image[..., ::-1])
     clip = tmp_path / "clip.mp4"

@@ -5,16 +5,18 @@ Every backend runs the same normalised batches (smooth synthetic images, ``size`
 images/s, the ratio to PyTorch eager at the same batch, and the fraction of labels equal to PyTorch's (a
 backend that is fast but wrong shows here). Files are named by device and versions:
 ``<out>/runtime_<device>_<versions>.{json,md,png}``.
+
+Only the PyTorch baseline needs torch: on an edge device that has only the runtime, the ONNX Runtime and TensorRT
+backends are timed against each other.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import platform
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 
 from wsvs.runtime.backends import BACKENDS, cuda_device_name, graph_file, open_backend
 from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, write_json
 
@@ -56,40 +59,30 @@ def device_name() -> str:
 
 
 def versions() -> dict[str, str]:
+    """What the timings depend on; torch and TensorRT where they are installed."""
     import onnxruntime
-    import torch
 
     from wsvs.runtime import __version__
 
     found = {"wsvs": __version__, "python": platform.python_version(), "numpy": np.__version__,
-             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
-    try:
-        import tensorrt
-
-        found["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
+             "onnxruntime": onnxruntime.__version__}
+    for name in ("torch", "tensorrt"):
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
     return found
-
-
-def time_calls(run: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
-    """Seconds of each of ``iterations`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return np.array(seconds)
 
 
 def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """The checkpoint's segmenter in PyTorch eager mode (the module the ONNX graph was traced from): labels."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise InputError(None, "torch is not installed here (pip install 'wsvs[train]')") from None
 
-    from wsvs.export.onnx_export import graph_modules
-    from wsvs.training.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
+    from .graphs import graph_modules
 
     if threads:
         torch.set_num_threads(threads)
@@ -101,6 +94,12 @@ def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.n
             return graph(torch.from_numpy(inputs))[3].numpy()
 
     return run
+
+
+def graph_metadata(model_dir: Path) -> GraphMetadata:
+    """The segmenter graph's metadata, read through ONNX Runtime's CPU provider, which every machine has."""
+    backend = open_backend(model_dir, "segmenter", "ort-cpu")
+    return GraphMetadata.from_props(backend.metadata, backend.path)
 
 
 def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, Callable], dict[str, str]]:
@@ -119,8 +118,7 @@ def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, 
     for name in wanted:
         try:
             if name == EAGER:
-                top_k = int(open_backend(model_dir, "segmenter", "ort-cpu").metadata["top_k"])
-                loaded[name] = eager_segmenter(model_dir, top_k, threads)
+                loaded[name] = eager_segmenter(model_dir, graph_metadata(model_dir).top_k, threads)
             else:
                 backend = open_backend(model_dir, "segmenter", name, threads)
                 loaded[name] = lambda inputs, backend=backend: backend.run(inputs)["labels"]
@@ -135,17 +133,16 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
     """Run every backend at every batch; the results as a JSON-ready dict."""
     from tqdm import tqdm
 
-    from wsvs.export.verify import synthetic_images
     from wsvs.runtime.preprocess import normalise
+    from wsvs.runtime.timing import synthetic_images, time_calls
 
     if min(config.batches, default=0) < 1 or config.size < 32 or config.iterations < 1 or config.warmup < 0:
         raise InputError(None, "batches must be >= 1, size >= 32, iterations >= 1 and warmup >= 0")
     loaded, skipped = runners(model_dir, list(config.backends), config.threads)
-    metadata = open_backend(model_dir, "segmenter", "ort-cpu").metadata
+    metadata = graph_metadata(model_dir)
     rows = []
     for batch in config.batches:
-        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), json.loads(metadata["mean"]),
-                           json.loads(metadata["std"]))
+        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), metadata.mean, metadata.std)
         reference = None
         for name, run in tqdm(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
             labels = run(inputs)
@@ -159,14 +156,16 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
         base = next((r for r in rows if r["backend"] == EAGER and r["batch"] == row["batch"]), None)
         row["vs_eager"] = row["images_per_s"] / base["images_per_s"] if base else None
     return {"device": device_name(), "versions": versions(), "model": str(model_dir),
-            "architecture": metadata.get("architecture"), "graph_precision": metadata.get("precision"),
+            "architecture": metadata.architecture, "graph_precision": metadata.precision,
             "config": dump_config(config), "first_backend": next(iter(loaded)), "skipped": skipped, "results": rows}
 
 
 def results_stem(results: dict) -> str:
     """``runtime_<device>_<versions>``, lower-case, with only [a-z0-9.-] between underscores."""
     versions = results["versions"]
-    parts = [results["device"], f"ort{versions['onnxruntime']}", f"torch{versions['torch']}"]
+    parts = [results["device"], f"ort{versions['onnxruntime']}"]
+    if "torch" in versions:
+        parts.append(f"torch{versions['torch']}")
     if "tensorrt" in versions:
         parts.append(f"trt{versions['tensorrt']}")
     slug = "_".join(re.sub(r"[^a-z0-9.]+", "-", p.lower()).strip("-") for p in parts)
@@ -174,15 +173,19 @@ def results_stem(results: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
+    """The results as a markdown table; the column of ratios to PyTorch eager only where torch is installed."""
+    eager = "torch" in results["versions"]
+    header = ["backend", "batch", "p50 ms", "p95 ms", "images/s", *([f"vs {EAGER}"] if eager else []),
+              f"labels = {results['first_backend']}"]
     lines = [f"Device: {results['device']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
              f"Input: {results['config']['size']}x{results['config']['size']}, {results['graph_precision']} graph; "
              f"{results['config']['iterations']} timed calls after {results['config']['warmup']} warm-up calls", "",
-             f"| backend | batch | p50 ms | p95 ms | images/s | vs {EAGER} | labels = {results['first_backend']} |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     for row in results["results"]:
-        ratio = "" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"
-        lines.append(f"| {row['backend']} | {row['batch']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                     f"{row['images_per_s']:.1f} | {ratio} | {100 * row['labels_equal_to_first']:.2f}% |")
+        ratio = ["" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"] if eager else []
+        cells = [row["backend"], str(row["batch"]), f"{row['p50_ms']:.1f}", f"{row['p95_ms']:.1f}",
+                 f"{row['images_per_s']:.1f}", *ratio, f"{100 * row['labels_equal_to_first']:.2f}%"]
+        lines.append(f"| {' | '.join(cells)} |")
     if results["skipped"]:
         lines += ["", *(f"Skipped {name}: {why}" for name, why in results["skipped"].items())]
     return "\n".join(lines) + "\n"
@@ -247,8 +250,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="latency and throughput of the exported segmenter per backend vs PyTorch eager",
         description="Times the end-to-end segmenter on each backend (ONNX Runtime CPU/CUDA, TensorRT) and in "
-        "PyTorch eager mode on the same synthetic batches: p50/p95 latency, images/s, ratio to PyTorch and label "
-        "agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png (throughput plot). "
+        "PyTorch eager mode (where torch is installed) on the same synthetic batches: p50/p95 latency, images/s, "
+        "ratio to PyTorch and label agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png "
+        "(throughput plot). "
         "Example: wsvs bench --model runs/model --backend all --batch 1,8 --size 320")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
                    help="checkpoint folder holding model.onnx from wsvs-export (and model.engine for TensorRT)")

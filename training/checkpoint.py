@@ -5,70 +5,20 @@ No pickled code or objects: weights are safetensors and metadata is JSON, so unt
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from wsvs.runtime import __version__
+from wsvs.runtime.contract import FORMAT_VERSION, ModelMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, read_json, write_json
 
-from .models import ARCHITECTURES, ArchConfig, WSVSModel
+from .models import ARCHITECTURES, WSVSModel
 
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ModelMetadata:
-    """Everything besides weights that inference and export need."""
-
-    class_names: list[str]
-    arch: ArchConfig
-    architecture: str = "vgg16-cam-deconv"
-    mean: tuple[float, ...] = IMAGENET_MEAN  # applied to RGB in [0, 1]
-    std: tuple[float, ...] = IMAGENET_STD
-    input_size: int = 321  # training crop side
-    scales: tuple[float, ...] = (0.75, 1.0, 1.5)  # multi-scale attention (§3.2)
-    class_threshold: float = 0.5  # a class is present when its probability passes this (§3.4)
-    # a pixel is foreground where a present class's decoder probability reaches this; the decoder's training
-    # sets it to the value that best fits its training masks (see train_decoder.calibrate_threshold)
-    foreground_threshold: float = 0.5
-    decoder_trained: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # stage records (training history, metrics)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["format_version"] = FORMAT_VERSION
-        data["wsvs_version"] = __version__
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> ModelMetadata:
-        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-            raise InputError(path, f"not a wsvs checkpoint of format version {FORMAT_VERSION}")
-        if data.get("architecture") not in ARCHITECTURES:
-            raise InputError(path, f"unknown architecture {data.get('architecture')!r} "
-                                   f"(known: {', '.join(ARCHITECTURES)})")
-        try:
-            arch = ArchConfig(**data["arch"])
-            names = {f.name for f in dataclasses.fields(cls)}
-            fields = {k: v for k, v in data.items() if k in names and k != "arch"}
-            meta = cls(arch=arch, **fields)
-        except (KeyError, TypeError) as exc:
-            raise InputError(path, f"malformed checkpoint metadata ({exc})") from None
-        meta.mean, meta.std, meta.scales = tuple(meta.mean), tuple(meta.std), tuple(meta.scales)
-        if len(meta.class_names) != arch.num_classes:
-            raise InputError(path, f"{len(meta.class_names)} class names for {arch.num_classes} classes")
-        return meta
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
@@ -96,7 +46,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     weights, metadata = checkpoint_files(path)
     if not weights.parent.is_dir():
         raise InputError(weights.parent, "checkpoint folder not found")
-    meta = ModelMetadata.from_json(read_json(metadata), metadata)
+    meta = ModelMetadata.from_json(read_json(metadata), metadata, ARCHITECTURES)
     model = ARCHITECTURES[meta.architecture](meta.arch)
     if not weights.is_file():
         raise InputError(weights, "weights file not found")

@@ -1,39 +1,22 @@
 """The network of §3: encoder f_enc (VGG-16 + new conv + GAP + FC, CAM attention, Eq. 2) and decoder f_dec.
 
-Architectures are built from a name in ``ARCHITECTURES`` and an ``ArchConfig``, which is what a checkpoint's
-metadata records, so a checkpoint can be rebuilt without pickled code.
+Architectures are built from a name in ``ARCHITECTURES`` and an ``ArchConfig`` (``wsvs.runtime.contract``), which
+is what a checkpoint's metadata records, so a checkpoint can be rebuilt without pickled code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsvs.runtime.contract import ArchConfig
+
 # VGG-16 conv1_1..conv5_3 ("M" = 2x2 max-pool); pool5 is dropped as in CAM.
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                        512, 512, 512, "M", 512, 512, 512)
-
-
-@dataclass
-class ArchConfig:
-    """What a checkpoint needs to rebuild the network (stored in its JSON metadata)."""
-
-    num_classes: int
-    width: float = 1.0  # channel multiplier: 1 is the paper's VGG-16, 1/8 is for tests and the demo
-    batch_norm: bool = False  # VGG-16-BN layout; plain VGG-16 does not train from scratch (the demo does)
-    extra_channels: int = 1024  # the new conv layer after conv5_3, before width scaling
-    decoder_channels: int = 64  # before width scaling
-    decoder_depth: int = 3  # pool/unpool stages of the deconvolution network
-    # Spatial pooling of the class evidence: 0 is global average pooling (the paper's); r > 0 is log-sum-exp
-    # pooling, (1/r) log mean exp(r * CAM), between average (r -> 0) and max (r -> inf). Trained from scratch
-    # on small images, a GAP encoder spreads its evidence over the whole frame (measured on the synthetic
-    # world: CAM baseline 7 mIoU with GAP, 20 with r = 1), since nothing rewards locality when every position
-    # sees the whole image.
-    lse_sharpness: float = 0.0
 
 
 def _scaled(channels: int, width: float) -> int:

@@ -3,7 +3,7 @@
 The classes whose probability passes the checkpoint's class threshold are present; the decoder turns the
 multi-scale attention of each into a foreground probability map, and each pixel takes the present class of
 highest probability, or background where that probability is below the checkpoint's foreground threshold (or no
-class is present).
+class is present): ``wsvs.runtime.contract.labels_from_foreground``, the rule every backend applies.
 
 `wsvs segment` runs the checkpoint in PyTorch, or its exported graphs (`wsvs-export`) on the torch-free runtime:
 TensorRT, ONNX Runtime CUDA or CPU; ``--backend auto`` takes the fastest that loads and says which.
@@ -17,17 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from wsvs.runtime.contract import labels_from_foreground
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.image_segmenter import image_paths
 from wsvs.runtime.io import VIDEO_SUFFIXES, overlay, read_image_rgb, write_image_rgb, write_palette_png
-
-
-def labels_from_foreground(foreground: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, C, H, W) foreground probabilities (0 for absent classes) -> (N, H, W) uint8 labels:
-    1 + the class of highest probability, 0 (background) where that probability is below ``threshold``."""
-    best = foreground.argmax(axis=1)
-    peak = foreground.max(axis=1)
-    return np.where(peak >= threshold, best + 1, 0).astype(np.uint8)
 
 
 def segment_images(model, meta, images: np.ndarray, present: np.ndarray | None = None,

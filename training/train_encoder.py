@@ -108,11 +108,12 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
     from torch import nn
     from tqdm import tqdm
 
+    from wsvs.runtime.contract import ArchConfig, ModelMetadata
     from wsvs.runtime.preprocess import normalise
 
-    from .checkpoint import ModelMetadata, save_checkpoint
+    from .checkpoint import save_checkpoint
     from .distributed import join
-    from .models import ARCHITECTURES, ArchConfig
+    from .models import ARCHITECTURES
     from .training_state import resume_state, save_state
     from .voc import VOCDataset
 

@@ -1,4 +1,5 @@
-"""Export wrappers around the unchanged model: the three graphs that ``wsvs-export`` writes.
+"""The three inference graphs of the unchanged model, in static-shape ops: what ``wsvs-export`` traces to ONNX and
+`wsvs bench` runs as its PyTorch eager baseline (so they live here, and the exporter imports them).
 
 All take normalised images, (N, 3, H, W) float32 RGB scaled to [0, 1] then standardised with the
 checkpoint's mean and std (``wsvs.runtime.preprocess.normalise``), so the same pre-processing serves
@@ -17,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsvs.training.models import Decoder, Encoder, normalise_cams
+from wsvs.runtime.contract import ModelMetadata
+
+from .models import Decoder, Encoder, WSVSModel, normalise_cams
 
 # Output names, in graph order, shared by the exporter, the verifier and the runtime.
 SEGMENTER_OUTPUTS = ("scores", "classes", "probs", "labels")
@@ -44,11 +47,14 @@ def attention_over_scales(encoder: Encoder, images: torch.Tensor, cams: torch.Te
 
 
 class SegmenterGraph(nn.Module):
-    """§3.4 inference with static-shape ops, so TensorRT can build it with dynamic N, H, W.
+    """§3.4 inference with static-shape ops, so TensorRT can build it with dynamic N, H, W: the graph form of the
+    rule that ``wsvs.runtime.contract`` states in numpy (``present_classes``, then ``labels_from_foreground`` with
+    the classes in slot order), and a test holds the two equal.
 
     The ``top_k`` most likely classes of each image (k fixed at export) get multi-scale attention and go
     through the decoder as one batch of N*k maps; the slots of classes under the threshold are zeroed, so
-    a pixel is background unless some confident class has foreground probability >= ``foreground_threshold``.
+    a pixel is background unless some confident class has foreground probability >= ``foreground_threshold``;
+    on a tie the first slot, the more likely class, wins.
 
     Outputs: ``scores`` (N, C) class probabilities; ``classes`` (N, k) int64 indices of the selected
     classes, most likely first; ``probs`` (N, k, H, W) foreground probability of each selected class
@@ -113,3 +119,13 @@ class DecoderGraph(nn.Module):
 
     def forward(self, attention: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(attention))
+
+
+def graph_modules(model: WSVSModel, meta: ModelMetadata, top_k: int) -> dict[str, nn.Module]:
+    """The graphs of ``model``, in eval mode, by name: "segmenter", "encoder", "decoder"."""
+    return {
+        "segmenter": SegmenterGraph(model.encoder, model.decoder, meta.scales, meta.class_threshold,
+                                    meta.foreground_threshold, top_k).eval(),
+        "encoder": EncoderGraph(model.encoder, meta.scales).eval(),
+        "decoder": DecoderGraph(model.decoder).eval(),
+    }
