@@ -10,7 +10,8 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Fixtures that train a model or export one: a test using any of them depends on the CPU's float rounding and
-# thread count, so it is marked `model` and CI runs it again under PyTorch's AVX2 kernels on one thread (`make test-avx2`).
+# thread count, so it is marked `model` and CI runs it again under PyTorch's AVX2 kernels on one thread
+# (`make test-avx2`).
 MODEL_FIXTURES = {"encoder_dir", "video_masks", "decoder_dir", "table1", "checkpoint", "loaded",
                   "fp32_graphs", "low_precision_graphs", "trained", "exported", "segmenter"}
 
