@@ -16,23 +16,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import add_h264_stream, atomic_path
-
-# A rate for streams that declare none (rare; some raw or broken files).
-FALLBACK_RATE = Fraction(25)
-
-
-def open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """The container and its first video stream; a missing or unreadable file is an InputError naming it."""
-    try:
-        container = av.open(str(path))
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except av.FFmpegError as exc:
-        raise InputError(path, f"not a readable video ({exc})") from None
-    if not container.streams.video:
-        container.close()
-        raise InputError(path, "has no video stream")
-    return container, container.streams.video[0]
+from .video_reader import FALLBACK_RATE, VideoReader
 
 
 def iter_keyframes(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
@@ -40,15 +24,8 @@ def iter_keyframes(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
 
     A file that is not a video, or breaks while decoding, is an InputError naming it.
     """
-    path = Path(path)
-    container, stream = open_video(path)
-    with container:
-        stream.codec_context.skip_frame = "NONKEY"
-        try:
-            for frame in container.decode(stream):
-                yield float(frame.time), frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as exc:
-            raise InputError(path, f"video breaks while decoding key-frames ({exc})") from None
+    for frame in VideoReader(Path(path)).decode(keyframes_only=True):
+        yield float(frame.time), frame.to_ndarray(format="rgb24")
 
 
 def merge_windows(key_times: list[float], window: float) -> list[tuple[float, float]]:
@@ -63,29 +40,9 @@ def merge_windows(key_times: list[float], window: float) -> list[tuple[float, fl
     return merged
 
 
-def _iter_window_frames(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float, end: float
-) -> Iterator[av.VideoFrame]:
-    """Frames with start <= time <= end: seek to the key-frame at or before ``start``, decode up to ``end``."""
-    if start > 0:
-        container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-    for frame in container.decode(stream):
-        t = float(frame.time)
-        if t > end:
-            break
-        if t >= start:
-            yield frame
-
-
 def window_times(path: str | Path, start: float, end: float) -> list[float]:
     """Times of the frames in [start, end], decoding only from the key-frame before ``start``."""
-    path = Path(path)
-    container, stream = open_video(path)
-    with container:
-        try:
-            return [float(frame.time) for frame in _iter_window_frames(container, stream, start, end)]
-        except av.FFmpegError as exc:
-            raise InputError(path, f"video breaks while decoding ({exc})") from None
+    return [float(frame.time) for frame in VideoReader(Path(path)).decode(start, end)]
 
 
 def cut_clip(path: str | Path, start: float, end: float, out: str | Path) -> int:
@@ -95,8 +52,8 @@ def cut_clip(path: str | Path, start: float, end: float, out: str | Path) -> int
     is written when the interval holds no frame.
     """
     path, out = Path(path), Path(out)
-    container, stream = open_video(path)
-    with container:
+    with VideoReader(path) as video:
+        stream = video.stream
         rate = stream.average_rate or stream.guessed_rate or FALLBACK_RATE
         width, height = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2
         count = 0
@@ -104,13 +61,13 @@ def cut_clip(path: str | Path, start: float, end: float, out: str | Path) -> int
             with av.open(str(tmp), "w", format="mp4") as sink:
                 encoder = add_h264_stream(sink, rate, width, height, crf=20, preset="veryfast")
                 try:
-                    for frame in _iter_window_frames(container, stream, start, end):
+                    for frame in video.decode(start, end):
                         clip_frame = frame.reformat(width=width, height=height, format="yuv420p")
                         clip_frame.pts = count
                         clip_frame.time_base = Fraction(1) / rate
                         sink.mux(encoder.encode(clip_frame))
                         count += 1
-                except av.FFmpegError as exc:
+                except av.FFmpegError as exc:  # the encoder's: the reader raises its decoding errors as InputError
                     raise InputError(path, f"video breaks while decoding ({exc})") from None
                 sink.mux(encoder.encode(None))
             if count == 0:

@@ -1,9 +1,10 @@
 """Streaming video segmentation with the exported encoder and decoder graphs, without torch.
 
-Frames come from a video file (PyAV, packet by packet, so a corrupt packet costs one frame and a truncated
-file ends the stream cleanly) or a camera index (OpenCV). Batches of frames go through the encoder graph
-(class scores and multi-scale attention); the attention of each confident class goes through the decoder,
-and each pixel takes the class of highest foreground probability (§3.4), background under the threshold.
+Frames come from a video file or a camera index through the tolerant reader of ``wsvs.runtime.video_reader``
+(a corrupt packet costs one frame and a truncated file ends the stream cleanly). Batches of frames go through
+the encoder graph (class scores and multi-scale attention); the attention of each confident class goes through
+the decoder, and each pixel takes the class of highest foreground probability (§3.4), background under the
+threshold.
 
 ``refine="superpixel"`` replaces the decoder by the §3.2 graph cut over a sliding window of frames
 (``wsvs.runtime.videoseg.segment_frames``, attention of the window's most likely class from the encoder
@@ -17,7 +18,6 @@ Outputs: ``<out>/masks/<index>.png`` (VOC-palette label map per decoded frame, a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -32,65 +32,11 @@ from .contract import GraphMetadata, labels_from_foreground, present_classes
 from .errors import InputError
 from .image_segmenter import network_size
 from .io import add_h264_stream, atomic_path, overlay, write_json, write_palette_png
-from .keyframes import open_video
 from .preprocess import normalise, resize_rgb
+from .video_reader import FALLBACK_RATE, VideoReader
 from .videoseg import VideoSegConfig, segment_frames
 
 REFINEMENTS = ("none", "superpixel")
-FALLBACK_FPS = Fraction(25)
-
-
-@dataclass
-class FrameReader:
-    """Iterates (H, W, 3) uint8 RGB frames of a video file or camera; counts what it had to skip.
-
-    ``corrupt``: packets that failed to decode (skipped); ``stopped``: why the stream ended early, if it did.
-    """
-
-    source: str | Path | int
-    fps: Fraction = FALLBACK_FPS
-    corrupt: int = 0
-    stopped: str | None = None
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        if isinstance(self.source, int):
-            return self._camera(self.source)
-        return self._file(Path(self.source))
-
-    def _camera(self, index: int) -> Iterator[np.ndarray]:
-        capture = cv2.VideoCapture(index)
-        if not capture.isOpened():
-            raise InputError(None, f"camera {index} cannot be opened")
-        self.fps = Fraction(capture.get(cv2.CAP_PROP_FPS) or FALLBACK_FPS).limit_denominator(1001)
-        try:
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    return
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            capture.release()
-
-    def _file(self, path: Path) -> Iterator[np.ndarray]:
-        container, stream = open_video(path)
-        with container:
-            self.fps = stream.average_rate or FALLBACK_FPS
-            packets = container.demux(stream)
-            while True:
-                try:
-                    packet = next(packets)
-                except StopIteration:
-                    return
-                except av.FFmpegError as exc:  # the container itself breaks: a truncated or damaged file
-                    self.stopped = f"demuxing failed ({exc})"
-                    return
-                try:
-                    frames = packet.decode()  # an empty packet at the end flushes the decoder
-                except av.FFmpegError:
-                    self.corrupt += 1
-                    continue
-                for frame in frames:
-                    yield frame.to_ndarray(format="rgb24")
 
 
 class OverlayWriter:
@@ -179,7 +125,7 @@ class VideoSegmenter:
         """Segment every frame of ``source`` (file or camera index) into ``out``; returns the summary it
         writes to ``<out>/summary.json``. A corrupt packet is skipped; a damaged file ends the run cleanly."""
         name = None if isinstance(source, int) else Path(source)
-        reader = FrameReader(source)
+        reader = VideoReader(source, tolerant=True)
         masks_dir = out / "masks"
         pending, context = _Pending(), None  # context: the last refined frame, linking consecutive windows
         written = 0
@@ -216,9 +162,9 @@ class VideoSegmenter:
         chunk = self.batch if self.refine == "none" else self.window
         with atomic_path(out / "overlay.mp4") as overlay_path, \
                 tqdm(desc="segment video", unit="frame", leave=False) as progress:
-            writer = OverlayWriter(overlay_path, FALLBACK_FPS)
+            writer = OverlayWriter(overlay_path, FALLBACK_RATE)
             for frame in reader:
-                writer.fps = reader.fps  # known once the stream is open
+                writer.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
                 size = network_size(*frame.shape[:2], self.long_side, name)
                 if pending.small and size != pending.small[0].shape[:2]:
                     flush()  # a stream that changes resolution mid-way starts a new batch

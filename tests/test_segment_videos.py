@@ -249,8 +249,8 @@ def test_attention_path_on_world_videos(world_dir: Path, encoder_dir: Path, tmp_
     """Three web videos of each class of the synthetic world (two relevant, one misleading): the recorded scores
     are the encoder's, the intervals follow them, and relevance filtering + attention beat motion + appearance
     alone against the ground truth (empty in misleading videos and in irrelevant stretches)."""
+    from wsvs.runtime.video_reader import VideoReader
     from wsvs.training.cam import FrameAttention
-    from wsvs.training.segment_videos import iter_frames
 
     listing = read_json(world_dir / "web" / "listing.json")
     videos = tmp_path / "web"
@@ -271,7 +271,7 @@ def test_attention_path_on_world_videos(world_dir: Path, encoder_dir: Path, tmp_
     for source in find_videos(videos):
         record = read_json(cam_out / f"{source.video_id}.json")
         class_index = model.class_names.index(record["class"])
-        expected = model.scores(np.stack(list(iter_frames(source))))[:, class_index]
+        expected = model.scores(np.stack(list(VideoReader(source.path))))[:, class_index]
         np.testing.assert_allclose(record["scores"], expected, atol=1e-5)
         flags = np.asarray(record["scores"]) > config.threshold
         assert record["intervals"] == [list(i) for i in relevant_intervals(flags, 5, config.max_interval)]

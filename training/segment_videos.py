@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image_rgb, read_json, write_binary_png, write_json
+from wsvs.runtime.io import VIDEO_SUFFIXES, read_json, write_binary_png, write_json
+from wsvs.runtime.video_reader import VideoReader, frame_files
 from wsvs.runtime.videoseg import VideoSegConfig, segment_frames
 
 if TYPE_CHECKING:
@@ -134,33 +135,6 @@ def find_videos(videos_dir: Path) -> list[VideoSource]:
     return sources
 
 
-def frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def iter_frames(source: VideoSource) -> Iterator[np.ndarray]:
-    """The frames of a video, (H, W, 3) uint8 RGB, streamed in order."""
-    if source.path.is_dir():
-        for path in frame_files(source.path):
-            yield read_image_rgb(path)
-        return
-    with av.open(str(source.path)) as container:
-        if not container.streams.video:
-            raise InputError(source.path, "has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
-
-
-def video_fps(source: VideoSource) -> float | None:
-    if source.path.is_dir():
-        return None
-    with av.open(str(source.path)) as container:
-        rate = container.streams.video[0].average_rate if container.streams.video else None
-        return None if rate is None else float(rate)
-
-
 def downscale(frame: np.ndarray, max_side: int) -> np.ndarray:
     height, width = frame.shape[:2]
     scale = max_side / max(height, width)
@@ -191,7 +165,8 @@ def segment_video(
     scores: list[float] = []
     batch: list[np.ndarray] = []
     frame_count, size = 0, None
-    for frame in iter_frames(source):
+    reader = VideoReader(source.path)
+    for frame in reader:
         if size is None:
             size = frame.shape[:2]
         elif frame.shape[:2] != size:
@@ -219,7 +194,7 @@ def segment_video(
     stage_s: dict[str, float] = {}
     pending = list(intervals)
     held: list[np.ndarray] = []
-    for index, frame in enumerate(iter_frames(source)):
+    for index, frame in enumerate(reader):
         if not pending:
             break
         start, end = pending[0]
@@ -253,7 +228,7 @@ def segment_video(
         "video": source.relative,
         "class": source.class_name,
         "frames": frame_count,
-        "fps": video_fps(source),
+        "fps": None if reader.fps is None else float(reader.fps),
         "width": width,
         "height": height,
         "intervals": [list(interval) for interval in intervals],

@@ -240,7 +240,9 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
     saved to ``path`` (npz: frames, attention float16, masks bool) atomically."""
     import cv2
 
-    from .segment_videos import downscale, iter_frames
+    from wsvs.runtime.video_reader import VideoReader
+
+    from .segment_videos import downscale
 
     class_index = attention_model.class_names.index(record["class"])
     mask_files = {int(p.stem): p for p in (masks_dir / record["id"]).glob("*.png")}
@@ -250,7 +252,7 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
         attention.extend(attention_model.attention(np.stack(held), class_index).astype(np.float16))
         held.clear()
 
-    for index, frame in enumerate(iter_frames(source)):
+    for index, frame in enumerate(VideoReader(source.path)):
         if index not in mask_files:
             continue
         small = downscale(frame, max_side)
