@@ -19,9 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
+from wsvs.runtime.video_masks import SegmentVideosConfig
 from wsvs.runtime.videoseg import VideoSegConfig
 from wsvs.training.eval_video import evaluate_videos
-from wsvs.training.segment_videos import SegmentVideosConfig, segment_videos
+from wsvs.training.segment_videos import segment_videos
 
 VARIANTS: dict[str, SegmentVideosConfig] = {
     "CAM threshold": SegmentVideosConfig(method="cam_threshold"),

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from wsvs.runtime.io import read_image_rgb, read_json, read_label_png, write_image_rgb
-from wsvs.training.cli import main
-from wsvs.training.eval_video import evaluate_videos
-from wsvs.training.segment_videos import (
+from wsvs.runtime.video_masks import (
     SegmentVideosConfig,
     VideoSource,
     find_videos,
     relevant_intervals,
     segment_video,
 )
+from wsvs.training.cli import main
+from wsvs.training.eval_video import evaluate_videos
 
 SEQUENCES = {"blackswan": "bird", "cows": "cow"}  # DAVIS sequences used here, with their classes
 

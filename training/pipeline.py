@@ -25,12 +25,12 @@ import numpy as np
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.io import read_json, write_json
+from wsvs.runtime.video_masks import SegmentVideosConfig
 
 from .adapt import AdaptConfig, describe_check
 from .cam import EvalCamConfig
 from .crawl import CrawlConfig
 from .evaluate import EvaluateConfig
-from .segment_videos import SegmentVideosConfig
 from .train_decoder import TrainDecoderConfig
 from .train_encoder import TrainEncoderConfig
 from .world import WorldConfig

@@ -240,9 +240,8 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
     saved to ``path`` (npz: frames, attention float16, masks bool) atomically."""
     import cv2
 
+    from wsvs.runtime.video_masks import downscale
     from wsvs.runtime.video_reader import VideoReader
-
-    from .segment_videos import downscale
 
     class_index = attention_model.class_names.index(record["class"])
     mask_files = {int(p.stem): p for p in (masks_dir / record["id"]).glob("*.png")}
@@ -279,9 +278,10 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
     frames used and skipped."""
     from tqdm import tqdm
 
+    from wsvs.runtime.video_masks import find_videos
+
     from .cam import FrameAttention
     from .checkpoint import checkpoint_files
-    from .segment_videos import find_videos
 
     records = video_records(masks_dir)
     sources = {source.relative: source for source in find_videos(videos_dir)}
