@@ -109,6 +109,33 @@ def _appearance(colours: np.ndarray, foreground_score: np.ndarray, config: Video
     return _foreground_posterior(bg.log_likelihood(colours) - fg.log_likelihood(colours))
 
 
+class _Clock:
+    """Seconds per stage, summed when a stage comes back (flow, resize)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+@dataclass
+class _Nodes:
+    """The graph's nodes, the superpixels of every frame (node of superpixel i in frame t: t * per_frame + i),
+    with their mean features."""
+
+    labels: np.ndarray  # (T, H, W) superpixel index of each pixel
+    per_frame: int
+    present: np.ndarray  # (N,) bool: the node covers at least one pixel
+    lab: np.ndarray  # (N, 3) mean Lab colour
+    rgb: np.ndarray  # (N, 3) mean RGB colour
+    motion: np.ndarray | None  # (N,) fraction inside the motion boundaries, when motion is used
+    score: np.ndarray | None  # (N,) what seeds the appearance: the attention, else the motion
+
+
 def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: VideoSegConfig) -> tuple[np.ndarray, dict]:
     """Segment the object of one relevant interval: frames (T, H, W, 3) uint8 RGB -> masks (T, H, W) bool.
 
@@ -119,77 +146,133 @@ def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: Vid
     """
     frames = np.asarray(frames)
     _check_inputs(frames, attention)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = timings.get(stage, 0.0) + now - clock
-        clock = now
-
+    clock = _Clock()
     num_frames, height, width = frames.shape[:3]
-    work_h, work_w = _work_size(height, width, config.work_long_side)
-    if (work_h, work_w) != (height, width):
-        frames = np.stack([cv2.resize(f, (work_w, work_h), interpolation=cv2.INTER_AREA) for f in frames])
-        if attention is not None:
-            attention = np.stack([cv2.resize(a, (work_w, work_h), interpolation=cv2.INTER_LINEAR) for a in attention])
+    frames, attention = _to_work_size(frames, attention, config.work_long_side)
     use_attention = attention is not None and config.lambda_a > 0
     use_appearance = config.lambda_c > 0
     use_motion = num_frames > 1 and (config.lambda_m > 0 or (use_appearance and not use_attention))
-    lap("resize")
+    clock.lap("resize")
 
+    nodes, flows = _nodes(frames, attention if use_attention else None, use_motion, config, clock)
+    unary, appearance = _unaries(nodes, use_attention, config)
+    clock.lap("gmm")
+    edges, weights, num_spatial = _edges(nodes, flows, config)
+    clock.lap("edges")
+    foreground = solve_binary_energy(unary, edges, weights)
+    clock.lap("graphcut")
+
+    masks = foreground.reshape(num_frames, nodes.per_frame)[np.arange(num_frames)[:, None, None], nodes.labels]
+    if masks.shape[1:] != (height, width):
+        masks = np.stack(
+            [cv2.resize(m.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5 for m in masks]
+        )
+    clock.lap("resize")
+    info = {
+        "timings_s": clock.timings,
+        "num_superpixels": int(nodes.present.sum()),
+        "num_spatial_edges": num_spatial,
+        "num_temporal_edges": len(edges) - num_spatial,
+        "work_size": list(frames.shape[1:3]),
+        "terms": {
+            "attention": use_attention,
+            "motion": nodes.motion is not None and config.lambda_m > 0,
+            "appearance": appearance is not None,
+        },
+    }
+    return masks, info
+
+
+def _to_work_size(frames: np.ndarray, attention: np.ndarray | None,
+                  long_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frames (area) and attention (bilinear) shrunk to the work size: longer side at most ``long_side``."""
+    height, width = frames.shape[1:3]
+    work_h, work_w = _work_size(height, width, long_side)
+    if (work_h, work_w) == (height, width):
+        return frames, attention
+    frames = np.stack([cv2.resize(f, (work_w, work_h), interpolation=cv2.INTER_AREA) for f in frames])
+    if attention is not None:
+        attention = np.stack([cv2.resize(a, (work_w, work_h), interpolation=cv2.INTER_LINEAR) for a in attention])
+    return frames, attention
+
+
+def _nodes(frames: np.ndarray, attention: np.ndarray | None, use_motion: bool, config: VideoSegConfig,
+           clock: _Clock) -> tuple[_Nodes, list[np.ndarray]]:
+    """Superpixels of every frame, the forward flows between frames, and each node's mean colour, motion and
+    attention (``attention`` None: not used)."""
     labels = np.stack(
         [slic_superpixels(f, config.num_superpixels, config.compactness, config.slic_iterations) for f in frames]
     )
-    per_frame = int(labels.max()) + 1  # node of superpixel i in frame t: t * per_frame + i
-    lap("superpixels")
-
+    per_frame = int(labels.max()) + 1
+    clock.lap("superpixels")
     flows = forward_flows(frames, config.flow_preset)
-    lap("flow")
+    clock.lap("flow")
 
     maps = [rgb_to_lab(frames).transpose(0, 3, 1, 2), frames.transpose(0, 3, 1, 2).astype(np.float32)]
     if use_motion:
-        # The last frame has no successor: its boundaries come from the flow back to the previous frame.
-        last = dis_flow(frames[-1], frames[-2], config.flow_preset)
-        lap("flow")
-        inside = np.stack(
-            [
-                inside_outside_map(f, config.motion_downscale, config.boundary_threshold, config.angle_scale)
-                for f in [*flows, last]
-            ]
-        )
-        maps.append(inside[:, None].astype(np.float32))
-        lap("motion")
-    if use_attention:
+        maps.append(_inside_maps(frames, flows, config, clock)[:, None].astype(np.float32))
+    if attention is not None:
         maps.append(np.asarray(attention, dtype=np.float32)[:, None])
     _, counts, means = superpixel_pool(labels, np.concatenate(maps, axis=1), per_frame)
-    means = means.reshape(num_frames * per_frame, -1)
-    lab, rgb = means[:, 0:3].astype(np.float64), means[:, 3:6].astype(np.float64)
+    means = means.reshape(len(frames) * per_frame, -1)
     motion = means[:, 6] if use_motion else None
-    score = means[:, -1] if use_attention else motion
-    present = counts.reshape(-1) > 0
-    lap("pooling")
+    nodes = _Nodes(
+        labels=labels,
+        per_frame=per_frame,
+        present=counts.reshape(-1) > 0,
+        lab=means[:, 0:3].astype(np.float64),
+        rgb=means[:, 3:6].astype(np.float64),
+        motion=motion,
+        score=means[:, -1] if attention is not None else motion,
+    )
+    clock.lap("pooling")
+    return nodes, flows
 
-    unary = np.zeros((num_frames * per_frame, 2))
+
+def _inside_maps(frames: np.ndarray, flows: list[np.ndarray], config: VideoSegConfig, clock: _Clock) -> np.ndarray:
+    """(T, H, W) inside-outside map of every frame from its motion boundaries."""
+    # The last frame has no successor: its boundaries come from the flow back to the previous frame.
+    last = dis_flow(frames[-1], frames[-2], config.flow_preset)
+    clock.lap("flow")
+    inside = np.stack(
+        [
+            inside_outside_map(f, config.motion_downscale, config.boundary_threshold, config.angle_scale)
+            for f in [*flows, last]
+        ]
+    )
+    clock.lap("motion")
+    return inside
+
+
+def _unaries(nodes: _Nodes, use_attention: bool, config: VideoSegConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unary costs (N, 2) of the attention, motion and appearance terms, and the appearance's foreground
+    posterior per node (None when the colour GMMs are not used or have nothing to fit)."""
+    unary = np.zeros((len(nodes.present), 2))
     if use_attention:
-        unary += config.lambda_a * _negative_log(score, config.attention_floor)
-    if motion is not None and config.lambda_m > 0:
-        unary += config.lambda_m * _negative_log(motion, config.probability_floor)
+        unary += config.lambda_a * _negative_log(nodes.score, config.attention_floor)
+    if nodes.motion is not None and config.lambda_m > 0:
+        unary += config.lambda_m * _negative_log(nodes.motion, config.probability_floor)
     appearance = None
-    if use_appearance:
+    if config.lambda_c > 0:
         # unary costs are -log p, so cost_1 - cost_0 is the log-ratio of background to foreground
         joint = config.appearance_seeds == "unary" and use_attention
-        seeds = _foreground_posterior(unary[:, 1] - unary[:, 0]) if joint else score
-        fitted = _appearance(rgb[present], seeds[present], config)
+        seeds = _foreground_posterior(unary[:, 1] - unary[:, 0]) if joint else nodes.score
+        fitted = _appearance(nodes.rgb[nodes.present], seeds[nodes.present], config)
         if fitted is not None:
             appearance = np.full(len(unary), 0.5)
-            appearance[present] = fitted
+            appearance[nodes.present] = fitted
             unary += config.lambda_c * _negative_log(appearance, config.probability_floor)
-    lap("gmm")
+    return unary, appearance
 
-    # Potts weights: shared boundary length in grid steps (phi_s) or flow-link fraction (phi_t), times
-    # colour similarity phi_c = exp(-|dLab|^2 / (2 sigma^2)).
+
+def _edges(nodes: _Nodes, flows: list[np.ndarray], config: VideoSegConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Node pairs (E, 2), their Potts weights (E,) and how many of them are spatial (they come first).
+
+    Weights: shared boundary length in grid steps (phi_s) or flow-link fraction (phi_t), times colour
+    similarity phi_c = exp(-|dLab|^2 / (2 sigma^2)).
+    """
+    labels, per_frame = nodes.labels, nodes.per_frame
+    num_frames, work_h, work_w = labels.shape
     step = np.sqrt(work_h * work_w / config.num_superpixels)
     edges, strengths = [], []
     for t in range(num_frames):
@@ -202,29 +285,6 @@ def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: Vid
         edges.append(pairs + np.array([t * per_frame, (t + 1) * per_frame]))
         strengths.append(fraction)
     edges = np.concatenate(edges)
-    colour_gap = ((lab[edges[:, 0]] - lab[edges[:, 1]]) ** 2).sum(axis=1)
+    colour_gap = ((nodes.lab[edges[:, 0]] - nodes.lab[edges[:, 1]]) ** 2).sum(axis=1)
     weights = config.pairwise_weight * np.concatenate(strengths) * np.exp(-colour_gap / (2 * config.colour_sigma**2))
-    lap("edges")
-
-    foreground = solve_binary_energy(unary, edges, weights)
-    lap("graphcut")
-
-    masks = foreground.reshape(num_frames, per_frame)[np.arange(num_frames)[:, None, None], labels]
-    if (work_h, work_w) != (height, width):
-        masks = np.stack(
-            [cv2.resize(m.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5 for m in masks]
-        )
-    lap("resize")
-    info = {
-        "timings_s": timings,
-        "num_superpixels": int(present.sum()),
-        "num_spatial_edges": num_spatial,
-        "num_temporal_edges": len(edges) - num_spatial,
-        "work_size": [work_h, work_w],
-        "terms": {
-            "attention": use_attention,
-            "motion": motion is not None and config.lambda_m > 0,
-            "appearance": appearance is not None,
-        },
-    }
-    return masks, info
+    return edges, weights, num_spatial
