@@ -126,66 +126,81 @@ class VideoSegmenter:
         writes to ``<out>/summary.json``. A corrupt packet is skipped; a damaged file ends the run cleanly."""
         name = None if isinstance(source, int) else Path(source)
         reader = VideoReader(source, tolerant=True)
-        masks_dir = out / "masks"
-        pending, context = _Pending(), None  # context: the last refined frame, linking consecutive windows
-        written = 0
         started = time.perf_counter()
-
-        def encode_pending() -> None:
-            scores, attention = self.encode(pending.small[len(pending.scores):])
-            pending.scores.extend(scores)
-            pending.attention.extend(attention)
-
-        def emit(frames: list[np.ndarray], labels: np.ndarray) -> None:
-            nonlocal written
-            for frame, small_labels in zip(frames, labels):
-                full = cv2.resize(small_labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-                write_palette_png(masks_dir / f"{written:06d}.png", full)
-                writer.write(overlay(frame, full))
-                written += 1
-
-        def flush() -> None:
-            """Labels for the pending frames: encode what is not encoded yet, then decode or refine."""
-            nonlocal pending, context
-            if len(pending.scores) < len(pending.small):
-                encode_pending()
-            if self.refine == "none":
-                emit(pending.frames, self.decode(np.stack(pending.scores), np.stack(pending.attention)))
-            else:
-                window = [pending.small, pending.scores, pending.attention]
-                if context is not None and context[0].shape == pending.small[0].shape:
-                    window = [[c, *w] for c, w in zip(context, window)]
-                emit(pending.frames, self.refine_window(*window)[-len(pending.frames):])
-                context = (pending.small[-1], pending.scores[-1], pending.attention[-1])
-            pending = _Pending()
-
-        chunk = self.batch if self.refine == "none" else self.window
         with atomic_path(out / "overlay.mp4") as overlay_path, \
                 tqdm(desc="segment video", unit="frame", leave=False) as progress:
-            writer = OverlayWriter(overlay_path, FALLBACK_RATE)
+            stream = _LabelledStream(self, out / "masks", OverlayWriter(overlay_path, FALLBACK_RATE))
             for frame in reader:
-                writer.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
-                size = network_size(*frame.shape[:2], self.long_side, name)
-                if pending.small and size != pending.small[0].shape[:2]:
-                    flush()  # a stream that changes resolution mid-way starts a new batch
-                pending.frames.append(frame)
-                pending.small.append(resize_rgb(frame, size))
-                if self.refine != "none" and len(pending.small) - len(pending.scores) == self.batch:
-                    encode_pending()
-                if len(pending.frames) == chunk:
-                    flush()
+                stream.overlays.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
+                stream.add(frame, network_size(*frame.shape[:2], self.long_side, name))
                 progress.update(1)
-                if max_frames is not None and written + len(pending.frames) >= max_frames:
+                if max_frames is not None and stream.written + len(stream.pending.frames) >= max_frames:
                     break
-            if pending.frames:
-                flush()
-            writer.close()
-            if written == 0:
+            stream.finish()
+            if stream.written == 0:
                 raise InputError(name, "no frame could be decoded")
         seconds = time.perf_counter() - started
-        summary = {"source": str(source), "frames": written, "corrupt_packets": reader.corrupt,
-                   "stopped_early": reader.stopped, "seconds": seconds, "frames_per_s": written / seconds,
+        summary = {"source": str(source), "frames": stream.written, "corrupt_packets": reader.corrupt,
+                   "stopped_early": reader.stopped, "seconds": seconds, "frames_per_s": stream.written / seconds,
                    "backend": self.encoder.describe(), "refine": self.refine, "long_side": self.long_side,
-                   "masks": str(masks_dir), "overlay": str(out / "overlay.mp4")}
+                   "masks": str(stream.masks_dir), "overlay": str(out / "overlay.mp4")}
         write_json(out / "summary.json", summary)
         return summary
+
+
+class _LabelledStream:
+    """The frames of one stream on their way to label maps: batched for the encoder, then labelled by the
+    decoder (``batch`` frames at a time) or by the graph cut (windows of ``window`` frames, each linked to the
+    last frame of the previous window), then written in order as ``masks/<index>.png`` and overlays."""
+
+    def __init__(self, segmenter: VideoSegmenter, masks_dir: Path, overlays: OverlayWriter) -> None:
+        self.segmenter, self.masks_dir, self.overlays = segmenter, masks_dir, overlays
+        self.pending = _Pending()
+        self.context: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last refined frame
+        self.written = 0
+
+    def add(self, frame: np.ndarray, size: tuple[int, int]) -> None:
+        """Take one frame, to be labelled at network ``size``; label what is complete."""
+        segmenter = self.segmenter
+        if self.pending.small and size != self.pending.small[0].shape[:2]:
+            self.flush()  # a stream that changes resolution mid-way starts a new batch
+        self.pending.frames.append(frame)
+        self.pending.small.append(resize_rgb(frame, size))
+        if segmenter.refine != "none" and len(self.pending.small) - len(self.pending.scores) == segmenter.batch:
+            self.encode_pending()
+        chunk = segmenter.batch if segmenter.refine == "none" else segmenter.window
+        if len(self.pending.frames) == chunk:
+            self.flush()
+
+    def encode_pending(self) -> None:
+        scores, attention = self.segmenter.encode(self.pending.small[len(self.pending.scores):])
+        self.pending.scores.extend(scores)
+        self.pending.attention.extend(attention)
+
+    def flush(self) -> None:
+        """Labels for the pending frames: encode what is not encoded yet, then decode or refine."""
+        pending, segmenter = self.pending, self.segmenter
+        if len(pending.scores) < len(pending.small):
+            self.encode_pending()
+        if segmenter.refine == "none":
+            self.write(pending.frames, segmenter.decode(np.stack(pending.scores), np.stack(pending.attention)))
+        else:
+            window = [pending.small, pending.scores, pending.attention]
+            if self.context is not None and self.context[0].shape == pending.small[0].shape:
+                window = [[c, *w] for c, w in zip(self.context, window)]
+            self.write(pending.frames, segmenter.refine_window(*window)[-len(pending.frames):])
+            self.context = (pending.small[-1], pending.scores[-1], pending.attention[-1])
+        self.pending = _Pending()
+
+    def write(self, frames: list[np.ndarray], labels: np.ndarray) -> None:
+        for frame, small_labels in zip(frames, labels):
+            full = cv2.resize(small_labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+            write_palette_png(self.masks_dir / f"{self.written:06d}.png", full)
+            self.overlays.write(overlay(frame, full))
+            self.written += 1
+
+    def finish(self) -> None:
+        """Label the frames still pending and close the overlay video."""
+        if self.pending.frames:
+            self.flush()
+        self.overlays.close()
