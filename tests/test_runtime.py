@@ -184,7 +184,8 @@ def test_video_refinement_and_a_truncated_file(exported, shared_data, tmp_path):
 
 def test_runtime_modules_never_import_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import wsvs.runtime.backends, wsvs.runtime.image_segmenter, wsvs.runtime.video_segmenter\n")
+            "import wsvs.runtime.backends, wsvs.runtime.image_segmenter, wsvs.runtime.video_segmenter\n"
+            "import wsvs.runtime.video_masks, wsvs.runtime.video_reader, wsvs.runtime.keyframes\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
