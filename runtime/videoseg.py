@@ -50,8 +50,8 @@ class VideoSegConfig:
     probability_floor: float = 0.02  # unary probabilities are clipped to [floor, 1 - floor]
     # The attention unary's own floor. A CAM is a relative score, near 0 on most of an object outside its
     # discriminative part; at the general floor its -log vetoes the rest of the body that motion and colour
-    # find (measured on the synthetic world's videos: all terms 78.8 video mIoU at 0.02, 80.4 at 0.3 with
-    # appearance_seeds = "unary"; with randomly rotated bodies 69.1 and 78.7).
+    # find. A higher floor (0.3, with appearance_seeds = "unary") scored better on the synthetic world's videos,
+    # by most with randomly rotated bodies: see the §3.2 ablation in benchmarks/RESULTS.md.
     attention_floor: float = 0.02
     # What seeds the colour GMMs: "attention" thresholds the attention (the paper's words); "unary" thresholds
     # the foreground probability of the attention and motion unaries together, so the foreground model learns

@@ -143,7 +143,7 @@ def test_davis_frame_folders_without_attention(shared_data: Path, tmp_path: Path
     assert read_label_png(out / "blackswan" / "00000.png").shape == (480, 854)  # masks at frame size
     report = evaluate_videos(out, videos)
     assert report["per_video"]["blackswan"]["missing_frames"] == 0
-    assert report["mean_iou"] > 0.55  # measured 0.73 (12 frames at 320x180, motion + appearance)
+    assert report["mean_iou"] > 0.55  # a margin under what 12 frames at 320x180 reach with motion + appearance
 
 
 def test_mp4_classes_from_folders_and_manifest(mp4_videos: Path, tmp_path: Path) -> None:
