@@ -58,7 +58,7 @@ TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 128, "epochs":
 
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wsvs.training.world import WorldConfig, generate_world
+    from wsvs.training.demo_world import WorldConfig, generate_world
 
     return generate_world(WorldConfig(**TEST_WORLD), tmp_path_factory.mktemp("world") / "world")
 

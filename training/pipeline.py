@@ -29,11 +29,11 @@ from wsvs.runtime.io import read_json, write_json
 from .adapt import AdaptConfig, describe_check
 from .cam import EvalCamConfig
 from .crawl import CrawlConfig
+from .demo_world import WorldConfig
 from .evaluate import EvaluateConfig
 from .segment_videos import SegmentVideosConfig
 from .train_decoder import TrainDecoderConfig
 from .train_encoder import TrainEncoderConfig
-from .world import WorldConfig
 
 STAGE_FILE = "stage.json"
 PRESETS = ("demo", "demo-confusable", "demo-loose", "paper")
@@ -99,6 +99,7 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
     from .adapt import adapt
     from .cam import FrameAttention, evaluate_cam, write_cam_overlays
     from .crawl import crawl
+    from .demo_world import generate_world
     from .evaluate import evaluate_model
     from .loopback import LoopbackServer, serve_world_videos
     from .segment import segment_files
@@ -106,7 +107,6 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
     from .train_decoder import train_decoder
     from .train_encoder import train_encoder
     from .voc import VOCDataset
-    from .world import generate_world
 
     world_path: Path | None = None
     if config.data is None:
