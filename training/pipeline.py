@@ -100,8 +100,8 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
     from .cam import FrameAttention, evaluate_cam, write_cam_overlays
     from .crawl import crawl
     from .demo_world import generate_world
+    from .demo_world.loopback_site import LoopbackServer, serve_world_videos
     from .evaluate import evaluate_model
-    from .loopback import LoopbackServer, serve_world_videos
     from .segment import segment_files
     from .segment_videos import segment_videos
     from .train_decoder import train_decoder

@@ -1,7 +1,7 @@
 """The demo world: a small, seeded, synthetic stand-in for PASCAL VOC plus web-crawled videos.
 
 It is the demo's and the tests' data, not part of the method: the pipeline reads it through the same loaders as
-the real data.
+the real data, and the crawl finds its videos on a web site served on 127.0.0.1 (``loopback_site``).
 
 Every object is a large BODY whose shape family, texture and colours are shared by all classes, with a
 small PART (about 8-11 % of the object) whose colour and pattern identify the class. A classifier
@@ -29,7 +29,8 @@ on the number of worker processes, and an interrupted run resumes where it stopp
 
 Modules: ``config`` (WorldConfig, the random streams), ``plans`` (what each image and video shows),
 ``drawing`` (backgrounds, bodies and parts), ``images`` and ``videos`` (rendering one item), ``layouts``
-(writing items in the VOC, DAVIS and web layouts), ``generate`` (``generate_world`` and ``wsvs world``).
+(writing items in the VOC, DAVIS and web layouts), ``generate`` (``generate_world`` and ``wsvs world``),
+``loopback_site`` (the 127.0.0.1 server standing in for the video site).
 """
 
 from __future__ import annotations
