@@ -30,12 +30,8 @@ def generate_world(config: WorldConfig, out: Path, workers: int | None = None) -
     out = Path(out)
     manifest = out / "world.json"
     config_dict = dump_config(config)
-    if manifest.is_file():
-        previous = read_json(manifest)
-        if previous.get("config") != config_dict:
-            raise InputError(manifest, "holds a world of another config; choose another --out or delete it")
-        if previous.get("complete"):
-            return out
+    if _is_complete(manifest, config_dict):
+        return out
     write_json(manifest, {"config": config_dict, "complete": False})
 
     image_plans = plan_images(config)
@@ -43,9 +39,29 @@ def generate_world(config: WorldConfig, out: Path, workers: int | None = None) -
     # Videos first: they are the long tasks, so the pool ends with short ones and finishes together.
     pending = [p for p in video_plans if not video_path(out, config, p).is_file()]
     pending += [p for p in image_plans if not annotation_path(out, p).is_file()]
+    _write_items(config, out, pending, len(image_plans) + len(video_plans), workers)
+    _write_lists(config, out, image_plans, video_plans)
+    counts = _counts(config, image_plans, video_plans)
+    summary = {"config": config_dict, "classes": list(config.classes), "counts": counts, "complete": True}
+    write_json(manifest, summary)
+    return out
+
+
+def _is_complete(manifest: Path, config_dict: dict) -> bool:
+    """Whether ``manifest`` records a complete world of this config; one of another config is an InputError."""
+    if not manifest.is_file():
+        return False
+    previous = read_json(manifest)
+    if previous.get("config") != config_dict:
+        raise InputError(manifest, "holds a world of another config; choose another --out or delete it")
+    return bool(previous.get("complete"))
+
+
+def _write_items(config: WorldConfig, out: Path, pending: list[ImagePlan | VideoPlan], total: int,
+                 workers: int | None) -> None:
+    """Render and write the ``pending`` items in ``workers`` processes, with progress over all ``total``."""
     write_item = partial(_write_item, config=config, out=out)
     workers = min(workers or os.cpu_count() or 1, max(len(pending), 1))
-    total = len(image_plans) + len(video_plans)
     with tqdm(total=total, initial=total - len(pending), desc="world", unit="item") as progress:
         if workers == 1:
             for plan in pending:
@@ -58,13 +74,20 @@ def generate_world(config: WorldConfig, out: Path, workers: int | None = None) -
                 for _ in pool.imap_unordered(write_item, pending):
                     progress.update()
 
+
+def _write_lists(config: WorldConfig, out: Path, image_plans: list[ImagePlan], video_plans: list[VideoPlan]) -> None:
+    """The class names, the image splits and the web search listing."""
     images = out / "images"
     write_text(images / "classes.txt", "".join(f"{name}\n" for name in config.classes))
     for split in ("train", "val"):
         ids = "".join(f"{p.image_id}\n" for p in image_plans if p.split == split)
         write_text(images / "ImageSets" / "Segmentation" / f"{split}.txt", ids)
     write_json(out / "web" / "listing.json", web_listing(config, video_plans))
-    counts = {
+
+
+def _counts(config: WorldConfig, image_plans: list[ImagePlan], video_plans: list[VideoPlan]) -> dict:
+    """What the world holds, for world.json."""
+    return {
         "train_images": config.train_images,
         "val_images": config.val_images,
         "multi_class_images": sum(len(p.classes) > 1 for p in image_plans),
@@ -75,9 +98,6 @@ def generate_world(config: WorldConfig, out: Path, workers: int | None = None) -
         "relevant_videos": sum(p.relevant for p in video_plans),
         "video_frames": sum(p.n_frames for p in video_plans),
     }
-    summary = {"config": config_dict, "classes": list(config.classes), "counts": counts, "complete": True}
-    write_json(manifest, summary)
-    return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
