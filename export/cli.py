@@ -72,6 +72,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     """The whole command; returns the exit code (1 when verification fails)."""
     import shutil
 
+    from wsvs.runtime import cuda_api
     from wsvs.runtime.timing import synthetic_images
     from wsvs.training.checkpoint import load_checkpoint
 
@@ -93,7 +94,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
         raise InputError(None, "int8 needs calibration images: pass --calib DIR")
     if engine_path is not None:  # fail before any work when TensorRT or the GPU is missing
         tensorrt_build.import_tensorrt()
-        tensorrt_build.gpu_name()
+        cuda_api.device_name()
 
     graphs = onnx_export.GraphPaths.beside(onnx_path or default_onnx_path(model_path, config.precision))
     engines = onnx_export.GraphPaths.beside(engine_path, ".engine") if engine_path is not None else None
