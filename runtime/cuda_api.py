@@ -75,7 +75,7 @@ def init_driver(device: int = 0):
         raise CudaError(f"no usable CUDA driver (cuInit: {getattr(status, 'name', status)})")
     status, count = api.cuDeviceGetCount()
     if int(status) != 0 or count <= device:
-        raise CudaError(f"no CUDA GPU available (no device {device})")
+        raise CudaError(f"no CUDA GPU available (the CUDA driver finds no device {device})")
     return api
 
 
