@@ -15,6 +15,7 @@ from torch import nn
 
 from wsvs.export import cli, onnx_export, quantize, verify
 from wsvs.export.tensorrt_build import ShapeProfile, parse_shape
+from wsvs.runtime import backends
 from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground, present_classes
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_image_rgb
@@ -318,6 +319,25 @@ def test_verification_fails_past_tolerance():
     assert [result.passed for result in far] == [False, False] and far[1].agreement == 0.0
     assert "FAIL" in far[0].line() and "max abs 0.002" in far[0].line()
 
+
+
+def test_engines_are_verified_on_the_runtime_tensorrt_backend(tmp_path, monkeypatch):
+    """The export checks an engine with the backend that runs it in use, outputs by name in the graph's order."""
+    with pytest.raises(InputError, match="TensorRT engine not found") as caught:
+        verify.tensorrt_runner(tmp_path / "m.engine", "segmenter")
+    assert "\n" not in str(caught.value)
+    names = onnx_export.OUTPUT_NAMES["segmenter"]
+
+    class StandIn:  # TensorRTBackend where TensorRT is missing: outputs in an order other than the graph's
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+            return {name: np.full(1, names.index(name)) for name in reversed(names)}
+
+    monkeypatch.setattr(backends, "TensorRTBackend", StandIn)
+    outputs = verify.tensorrt_runner(tmp_path / "m.engine", "segmenter")(np.zeros((1, 3, 32, 32), np.float32))
+    assert [int(output[0]) for output in outputs] == list(range(len(names)))
 
 def bad_checkpoints(root: Path, good: Path) -> dict[str, Path]:
     corrupt = root / "corrupt"
