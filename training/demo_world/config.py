@@ -12,7 +12,7 @@ IMAGE_PLAN, IMAGE_RENDER, VIDEO_PLAN, VIDEO_RENDER = range(4)
 
 @dataclass
 class WorldConfig:
-    """What the world contains; the defaults are the demo world (well under a minute on 2 cores)."""
+    """What the world contains; the defaults are the demo world (its generation time: benchmarks/RESULTS.md)."""
 
     seed: int = 0
     classes: tuple[str, ...] = ("ant", "bee", "cat", "dog", "eel", "fox")
