@@ -29,6 +29,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from wsvs.cuda_kernels import pooling
+from wsvs.runtime import cuda_api
 from wsvs.runtime.pooling import superpixel_pool
 from wsvs.runtime.timing import time_calls
 
@@ -190,11 +191,11 @@ class LaunchTimer:
 
 def gpu_copy_rate(gpu: pooling.CudaExecutor, nbytes: int = 2**30) -> float:
     """Bytes read + written per second by a device-to-device copy of ``nbytes`` (median of 5, CUDA events)."""
-    driver = pooling._driver()
+    driver = cuda_api.driver()
     source, target = gpu.zeros(nbytes), gpu.zeros(nbytes)
 
     def copy() -> None:
-        pooling._check(driver.cuMemcpyDtoD(target, source, nbytes))
+        cuda_api.check(driver.cuMemcpyDtoD(target, source, nbytes))
 
     try:
         return 2 * nbytes / statistics.median([gpu.elapsed_seconds(copy) for _ in range(6)][1:])

@@ -89,9 +89,9 @@ TORCH_PROBE = (
 
 def environment() -> dict:
     """nvidia-smi, the driver, NVRTC and the Python packages the check uses."""
-    from cuda.bindings import driver
+    from cuda.bindings import driver  # ImportError here: this Python lacks cuda-python
 
-    from wsvs.cuda_kernels import pooling
+    from wsvs.runtime import cuda_api
 
     smi = command_output(["nvidia-smi"])
     query = command_output(
@@ -101,14 +101,14 @@ def environment() -> dict:
     fields = [part.strip() for part in (query.splitlines() or [""])[0].split(",")]
     name, driver_version, memory, sm_clock, memory_clock = (fields + ["?"] * 5)[:5]
     cuda_in_smi = re.search(r"CUDA Version:\s*([\d.]+)", smi)
-    _, nvrtc_major, nvrtc_minor = pooling._nvrtc().nvrtcVersion()
+    _, nvrtc_major, nvrtc_minor = cuda_api.nvrtc().nvrtcVersion()
     try:
         from cuda.pathfinder import load_nvidia_dynamic_lib
 
         nvrtc_path = load_nvidia_dynamic_lib("nvrtc").abs_path
     except Exception as error:  # older cuda-python without pathfinder, or a lookup it cannot explain
         nvrtc_path = f"(not reported: {error})"
-    driver_api = pooling._check(driver.cuDriverGetVersion())
+    driver_api = cuda_api.check(driver.cuDriverGetVersion())
     torch_line = command_output([sys.executable, "-c", TORCH_PROBE]).splitlines()
     try:
         torch_info = json.loads(torch_line[-1])

@@ -23,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
+from wsvs.runtime import cuda_api
+from wsvs.runtime.cuda_api import check
 from wsvs.runtime.io import atomic_path
 
 from .host_build import HostExecutor, KernelParam, build_host_library, pack_params
@@ -190,23 +192,7 @@ def host_executor(shared_budget: int = SHARED_BUDGET, min_blocks: int = 8) -> Ho
     return HostExecutor(library, shared_budget, min_blocks)
 
 
-# ---- NVRTC and the CUDA driver (cuda-python) ----
-
-
-def _nvrtc():
-    try:
-        from cuda.bindings import nvrtc
-    except ImportError as error:
-        raise RuntimeError("CUDA kernels need cuda-python and the NVRTC wheel (nvidia-cuda-nvrtc-cu12)") from error
-    return nvrtc
-
-
-def _driver():
-    try:
-        from cuda.bindings import driver
-    except ImportError as error:
-        raise RuntimeError("CUDA kernels need cuda-python (cuda.bindings)") from error
-    return driver
+# ---- NVRTC and the CUDA driver (cuda-python, through wsvs.runtime.cuda_api) ----
 
 
 def compile_kernels(arch: str) -> tuple[bytes, str]:
@@ -223,7 +209,7 @@ def compile_kernels(arch: str) -> tuple[bytes, str]:
 
 
 def _compile_in_this_process(arch: str) -> tuple[bytes, str]:
-    nvrtc = _nvrtc()
+    nvrtc = cuda_api.nvrtc()
     ok = nvrtc.nvrtcResult.NVRTC_SUCCESS
     status, program = nvrtc.nvrtcCreateProgram(SOURCE.read_bytes(), SOURCE.name.encode(), 0, [], [])
     if status != ok:
@@ -251,7 +237,7 @@ def cache_root() -> Path:
 
 def cached_cubin(arch: str) -> bytes:
     """The cubin for ``arch`` from the on-disk cache, compiling it first when the source or NVRTC changed."""
-    _, major, minor = _nvrtc().nvrtcVersion()
+    _, major, minor = cuda_api.nvrtc().nvrtcVersion()
     digest = hashlib.sha256(SOURCE.read_bytes() + b"\0".join(NVRTC_OPTIONS) + f"{major}.{minor}".encode())
     path = cache_root() / arch / f"{digest.hexdigest()[:16]}.cubin"
     if path.exists():
@@ -262,99 +248,75 @@ def cached_cubin(arch: str) -> bytes:
     return cubin
 
 
-def _check(result: tuple):
-    """Unwrap a cuda-python call's (status, *values); raise RuntimeError naming the error."""
-    driver = _driver()
-    status, *values = result
-    if status != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(status)
-        raise RuntimeError(f"CUDA driver call failed: {name.decode() if name else status}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
 def is_available() -> bool:
     """Whether cuda-python finds a CUDA driver and at least one GPU."""
-    try:
-        driver = _driver()
-        _check(driver.cuInit(0))
-        return _check(driver.cuDeviceGetCount()) > 0
-    except Exception:  # no cuda-python, no driver library, no device: all mean "not available"
-        return False
+    return cuda_api.is_available()
 
 
 class CudaExecutor:
     """The kernels on one GPU (its primary context), through the CUDA driver API."""
 
     def __init__(self, device: int = 0) -> None:
-        driver = self._driver = _driver()
-        try:
-            _check(driver.cuInit(0))
-        except Exception as error:
-            raise RuntimeError(f"no usable CUDA driver: {error}") from error
-        handle = _check(driver.cuDeviceGet(device))
-        attribute = driver.CUdevice_attribute
-        major = _check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle))
-        minor = _check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle))
-        processors = _check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, handle))
-        self.arch = f"sm_{major}{minor}"
+        gpu = cuda_api.open_device(device)  # a CudaError (a RuntimeError) when there is no driver or GPU
+        driver = self._driver = cuda_api.driver()
+        self.arch = gpu.arch
         self.shared_budget = SHARED_BUDGET
-        self.min_blocks = 4 * processors
-        _check(driver.cuCtxSetCurrent(_check(driver.cuDevicePrimaryCtxRetain(handle))))
-        module = _check(driver.cuModuleLoadData(cached_cubin(self.arch)))
+        self.min_blocks = 4 * gpu.multiprocessors
+        module = check(driver.cuModuleLoadData(cached_cubin(self.arch)))
         names = [*ACCUMULATE.values(), "pool_means"]
-        self._functions = {name: _check(driver.cuModuleGetFunction(module, name.encode())) for name in names}
+        self._functions = {name: check(driver.cuModuleGetFunction(module, name.encode())) for name in names}
 
     def upload(self, array: np.ndarray) -> int:
         array = np.ascontiguousarray(array)
         pointer = self.zeros(array.nbytes)
         if array.nbytes:
-            _check(self._driver.cuMemcpyHtoD(pointer, array, array.nbytes))
+            check(self._driver.cuMemcpyHtoD(pointer, array, array.nbytes))
         return pointer
 
     def zeros(self, nbytes: int) -> int:
-        pointer = int(_check(self._driver.cuMemAlloc(max(nbytes, 1))))
-        _check(self._driver.cuMemsetD8(pointer, 0, max(nbytes, 1)))
+        pointer = int(check(self._driver.cuMemAlloc(max(nbytes, 1))))
+        check(self._driver.cuMemsetD8(pointer, 0, max(nbytes, 1)))
         return pointer
 
     def download(self, pointer: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         array = np.empty(shape, dtype=dtype)
         if array.nbytes:
-            _check(self._driver.cuMemcpyDtoH(array, pointer, array.nbytes))
+            check(self._driver.cuMemcpyDtoH(array, pointer, array.nbytes))
         return array
 
     def free(self, pointer: int) -> None:
-        _check(self._driver.cuMemFree(pointer))
+        check(self._driver.cuMemFree(pointer))
 
     def launch(
         self, kernel: str, grid: tuple[int, int, int], threads: int, shared_bytes: int, params: list[KernelParam]
     ) -> None:
         pointers, _alive = pack_params(params)
-        _check(
+        check(
             self._driver.cuLaunchKernel(
                 self._functions[kernel], *grid, threads, 1, 1, shared_bytes, 0, ctypes.addressof(pointers), 0
             )
         )
 
     def synchronize(self) -> None:
-        _check(self._driver.cuCtxSynchronize())
+        check(self._driver.cuCtxSynchronize())
 
     def elapsed_seconds(self, work: Callable[[], object]) -> float:
         """GPU time of what ``work`` enqueues on the default stream, between two CUDA events."""
-        start, end = (_check(self._driver.cuEventCreate(0)) for _ in range(2))
+        start, end = (check(self._driver.cuEventCreate(0)) for _ in range(2))
         try:
-            _check(self._driver.cuEventRecord(start, 0))
+            check(self._driver.cuEventRecord(start, 0))
             work()
-            _check(self._driver.cuEventRecord(end, 0))
-            _check(self._driver.cuEventSynchronize(end))
-            return _check(self._driver.cuEventElapsedTime(start, end)) / 1e3
+            check(self._driver.cuEventRecord(end, 0))
+            check(self._driver.cuEventSynchronize(end))
+            return check(self._driver.cuEventElapsedTime(start, end)) / 1e3
         finally:
-            _check(self._driver.cuEventDestroy(start))
-            _check(self._driver.cuEventDestroy(end))
+            check(self._driver.cuEventDestroy(start))
+            check(self._driver.cuEventDestroy(end))
 
 
 @functools.cache
 def default_executor() -> CudaExecutor:
-    """The first GPU, loaded at first use; RuntimeError when there is no GPU or driver."""
+    """The first GPU, loaded at first use; a CudaError (a RuntimeError) when there is no GPU or driver."""
     return CudaExecutor(0)
 
 

@@ -72,7 +72,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     """The whole command; returns the exit code (1 when verification fails)."""
     import shutil
 
-    from wsvs.runtime.timing import synthetic_images
+    from wsvs.runtime import cuda_api
     from wsvs.training.checkpoint import load_checkpoint
 
     from . import onnx_export, quantize, tensorrt_build, verify
@@ -93,7 +93,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
         raise InputError(None, "int8 needs calibration images: pass --calib DIR")
     if engine_path is not None:  # fail before any work when TensorRT or the GPU is missing
         tensorrt_build.import_tensorrt()
-        tensorrt_build.gpu_name()
+        cuda_api.device_name()
 
     graphs = onnx_export.GraphPaths.beside(onnx_path or default_onnx_path(model_path, config.precision))
     engines = onnx_export.GraphPaths.beside(engine_path, ".engine") if engine_path is not None else None
@@ -120,16 +120,33 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
 
     if engines is not None:
-        import onnx
-
-        for graph, path in engines.items():
-            metadata = onnx_export.read_metadata(onnx.load(str(getattr(graphs, graph)), load_external_data=False))
-            tensorrt_build.build_engine(getattr(graphs, graph), path, profile.for_input(graph), config.precision,
-                                        metadata, timing_cache)
-            print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB  (+ {tensorrt_build.sidecar_path(path).name})")
-
+        build_engines(graphs, engines, profile, config.precision, timing_cache)
     if not config.verify:
         return 0
+    return verify_exports(model, meta, graphs, engines, profile, calib, top_k, config)
+
+
+def build_engines(graphs, engines, profile, precision: str, timing_cache: Path | None) -> None:
+    """One TensorRT engine (and its JSON sidecar) per ONNX graph, with the graph's metadata."""
+    import onnx
+
+    from . import onnx_export, tensorrt_build
+
+    for graph, path in engines.items():
+        metadata = onnx_export.read_metadata(onnx.load(str(getattr(graphs, graph)), load_external_data=False))
+        tensorrt_build.build_engine(getattr(graphs, graph), path, profile.for_input(graph), precision, metadata,
+                                    timing_cache)
+        print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB  (+ {tensorrt_build.sidecar_path(path).name})")
+
+
+def verify_exports(model, meta, graphs, engines, profile, calib: Path | None, top_k: int,
+                   config: ExportConfig) -> int:
+    """Every graph on ONNX Runtime and every engine on the runtime's TensorRT backend against PyTorch fp32, at the
+    verification shapes; returns the exit code (1 when an output is past tolerance)."""
+    from wsvs.runtime.timing import synthetic_images
+
+    from . import verify
+
     default = verify.DEFAULT_TOLERANCES[config.precision]
     tolerance = verify.Tolerance(*(default_value if value is None else value for value, default_value in (
         (config.atol, default.atol), (config.rtol, default.rtol), (config.min_agreement, default.min_agreement),
@@ -147,7 +164,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
         cases = verify.verification_cases(model, meta, graph, batches, top_k)
         runners = [("onnxruntime", verify.onnxruntime_runner(path))]
         if engines is not None:
-            runners.append(("tensorrt", verify.tensorrt_runner(getattr(engines, graph))))
+            runners.append(("tensorrt", verify.tensorrt_runner(getattr(engines, graph), graph)))
         for backend, run in runners:
             for result in verify.verify_graph(graph, backend, run, cases, tolerance):
                 print(f"  {result.line()}")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsvs.runtime import __version__
+from wsvs.runtime import __version__, cuda_api
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, write_json
 
@@ -70,22 +70,6 @@ def import_tensorrt():
     return tensorrt
 
 
-def gpu_name() -> str:
-    """The name of CUDA device 0 via cuda-python's driver API, or an InputError when there is none."""
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        raise InputError(None, "cuda-python is not installed (pip install 'wsvs[gpu]')") from None
-    (err,) = driver.cuInit(0)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        raise InputError(None, f"no CUDA GPU available for TensorRT (cuInit: {err.name})")
-    err, count = driver.cuDeviceGetCount()
-    if err != driver.CUresult.CUDA_SUCCESS or count == 0:
-        raise InputError(None, "no CUDA GPU available for TensorRT (no device found)")
-    _, raw = driver.cuDeviceGetName(256, 0)
-    return raw.split(b"\0", 1)[0].decode()
-
-
 def build_engine(onnx_path: Path, engine_path: Path, shapes: tuple[Shape, Shape, Shape], precision: str,
                  metadata: dict[str, str], timing_cache: Path | None = None) -> dict:
     """Parse ``onnx_path``, build one optimisation profile from ``shapes`` (min, opt, max of its only input),
@@ -94,7 +78,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: tuple[Shape, Shape,
     Returns the sidecar's content.
     """
     trt = import_tensorrt()
-    device = gpu_name()
+    device = cuda_api.device_name()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0

@@ -1,4 +1,5 @@
-"""Backend-vs-PyTorch checks of exported graphs, in the manner of Polygraphy's ``run --atol --rtol``.
+"""Backend-vs-PyTorch checks of exported graphs, in the manner of Polygraphy's ``run --atol --rtol``: graphs on
+ONNX Runtime, engines on the runtime's own TensorRT backend (``wsvs.runtime.backends``), the code that runs them.
 
 Each output is compared element-wise: a float element agrees when ``|got - ref| <= atol + rtol * |ref|``, an
 integer element (labels, classes) when it is equal. A graph passes when every float output agrees on at least
@@ -138,29 +139,16 @@ def onnxruntime_runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
     return lambda inputs: session.run(None, {name: inputs})
 
 
-def tensorrt_runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """Run a serialised engine on CUDA memory held by (CUDA) PyTorch tensors."""
-    import tensorrt as trt
+def tensorrt_runner(path: Path, graph: str) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Run a serialised engine on the runtime's TensorRT backend (``wsvs.runtime.backends.TensorRTBackend``), the
+    code that runs it in use; the outputs in the graph's order (``OUTPUT_NAMES``)."""
+    from wsvs.runtime.backends import TensorRTBackend
 
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-    output_names = [n for n in names if n != input_name]
+    backend = TensorRTBackend(path)
 
     def run(inputs: np.ndarray) -> list[np.ndarray]:
-        x = torch.from_numpy(inputs).cuda()
-        context.set_input_shape(input_name, tuple(x.shape))
-        context.set_tensor_address(input_name, x.data_ptr())
-        outputs = []
-        for name in output_names:
-            dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            outputs.append(torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda"))
-            context.set_tensor_address(name, outputs[-1].data_ptr())
-        stream = torch.cuda.current_stream()
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-        return [o.cpu().numpy() for o in outputs]
+        outputs = backend.run(inputs)
+        return [outputs[name] for name in OUTPUT_NAMES[graph]]
 
     return run
 

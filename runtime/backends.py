@@ -5,8 +5,8 @@ A model is a folder holding ``model.onnx`` (end-to-end segmenter), ``model.encod
 those segmenter files; the encoder and decoder graphs sit beside it. Every backend takes a float32 NCHW
 array and returns the graph's outputs by name, with the graph's metadata (class names, mean, std, ...).
 
-``tensorrt`` and ``cuda.bindings`` are imported only when a TensorRT backend is opened, so this module
-works on a machine that has neither.
+``tensorrt`` and ``cuda.bindings`` (through ``cuda_api``) are imported only when a TensorRT backend is opened,
+so this module works on a machine that has neither.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cuda_api
 from .errors import InputError
 from .io import read_json
 
@@ -89,30 +90,6 @@ class OnnxRuntimeBackend(Backend):
         return f"{self.name} (ONNX Runtime {self.version}, {self.session.get_providers()[0]})"
 
 
-def _cuda_check(result: tuple) -> tuple:
-    """cuda-python calls return (error, values...): raise on an error, return the values."""
-    error, *values = result
-    if int(error) != 0:
-        raise InputError(None, f"CUDA call failed: {getattr(error, 'name', error)}")
-    return tuple(values)
-
-
-def cuda_device_name() -> str:
-    """The name of CUDA device 0 (driver API via cuda-python), or an InputError saying why there is none."""
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        raise InputError(None, "cuda-python is not installed (pip install 'wsvs[gpu]')") from None
-    try:
-        (error,) = driver.cuInit(0)
-    except Exception as exc:  # cuda-python raises its own loader error when there is no NVIDIA driver
-        raise InputError(None, f"no CUDA GPU available (no NVIDIA driver: {type(exc).__name__})") from None
-    if error != driver.CUresult.CUDA_SUCCESS:
-        raise InputError(None, f"no CUDA GPU available (cuInit: {error.name})")
-    _, raw = driver.cuDeviceGetName(256, 0)
-    return raw.split(b"\0", 1)[0].decode()
-
-
 def check_engine_sidecar(engine: Path, sidecar: dict, tensorrt_version: str, gpu: str) -> None:
     """An engine runs only on the GPU model and TensorRT version it was built with: compare its sidecar."""
     built_version, built_gpu = sidecar.get("tensorrt_version"), sidecar.get("gpu")
@@ -126,7 +103,7 @@ def check_engine_sidecar(engine: Path, sidecar: dict, tensorrt_version: str, gpu
 
 class TensorRTBackend(Backend):
     """A serialised TensorRT 10/11 engine, run on device buffers allocated once for the profile's largest
-    shape, with host copies and execution on one CUDA stream (cuda-python runtime API)."""
+    shape, with host copies and execution on one CUDA stream (``cuda_api.Stream``)."""
 
     name = "tensorrt"
 
@@ -139,10 +116,8 @@ class TensorRTBackend(Backend):
         except ImportError:
             raise InputError(None, "TensorRT is not installed (pip install 'wsvs[gpu]' on a machine "
                                    "with an NVIDIA GPU), use --backend ort-cpu") from None
-        check_engine_sidecar(path, sidecar, trt.__version__, cuda_device_name())
-        from cuda.bindings import runtime as cudart
-
-        self.cudart, self.path = cudart, path
+        check_engine_sidecar(path, sidecar, trt.__version__, cuda_api.device_name())
+        self.path = path
         self.metadata = dict(sidecar.get("metadata", {}))
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -154,14 +129,14 @@ class TensorRTBackend(Backend):
         self.profile = self.engine.get_tensor_profile_shape(self.input_name, 0)  # (min, opt, max)
         self.max_batch = int(self.profile[2][0])
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        (self.stream,) = _cuda_check(cudart.cudaStreamCreate())
+        self.stream = cuda_api.Stream()
         # Buffers sized for the largest input shape serve every smaller one.
         self.context.set_input_shape(self.input_name, tuple(self.profile[2]))
         self.buffers = {}
         for name in names:
             size = int(np.prod(self.context.get_tensor_shape(name))) * self.dtypes[name].itemsize
-            (self.buffers[name],) = _cuda_check(cudart.cudaMalloc(size))
-            self.context.set_tensor_address(name, int(self.buffers[name]))
+            self.buffers[name] = self.stream.malloc(size)
+            self.context.set_tensor_address(name, self.buffers[name])
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         low, _, high = self.profile
@@ -171,20 +146,17 @@ class TensorRTBackend(Backend):
                                         f"{'x'.join(map(str, low))} .. {'x'.join(map(str, high))}")
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        cudart = self.cudart
         inputs = np.ascontiguousarray(inputs, dtype=self.dtypes[self.input_name])
         self._check_shape(inputs.shape)
         self.context.set_input_shape(self.input_name, inputs.shape)
-        _cuda_check(cudart.cudaMemcpyAsync(self.buffers[self.input_name], inputs.ctypes.data, inputs.nbytes,
-                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        self.stream.to_device(self.buffers[self.input_name], inputs)
         if not self.context.execute_async_v3(int(self.stream)):
             raise InputError(self.path, "TensorRT failed to run the engine")
         outputs = {}
         for name in self.output_names:
             outputs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
-            _cuda_check(cudart.cudaMemcpyAsync(outputs[name].ctypes.data, self.buffers[name], outputs[name].nbytes,
-                                               cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-        _cuda_check(cudart.cudaStreamSynchronize(self.stream))
+            self.stream.to_host(outputs[name], self.buffers[name])
+        self.stream.synchronize()
         return outputs
 
     def describe(self) -> str:
@@ -192,10 +164,8 @@ class TensorRTBackend(Backend):
         return f"tensorrt (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']}, {sidecar['precision']})"
 
     def __del__(self) -> None:
-        for pointer in getattr(self, "buffers", {}).values():
-            self.cudart.cudaFree(pointer)
         if hasattr(self, "stream"):
-            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream.close()
 
 
 def open_backend(model: str | Path, graph: str, name: str, threads: int = 0) -> Backend:

@@ -43,22 +43,22 @@ def shared_data() -> Path:
 # A small world and an encoder trained on it, shared by every test that needs real attention.
 TEST_WORLD = {
     "classes": ("ant", "bee", "cat"),
-    "image_size": 128,  # at 96 px the part is 3-7 px across and one class stays at chance
+    "image_size": 128,  # at 96 px the part is a few pixels across and one class stays at chance (RESULTS.md)
     "train_images": 600,
     "val_images": 60,
     "videos_per_class": 3,
     "misleading_per_class": 1,
     "video_frames": (24, 30),
 }
-# 12 epochs, as the demo trains: after 8 the encoder classified val images (mAP 0.985) but, trained with PyTorch's
-# AVX2 kernels, scored one relevant cat video at median 0.13 (0.999 with AVX-512 kernels); after 12, 0.97-1.0 on
-# every relevant video under both.
+# 12 epochs, as the demo trains: after 8 the encoder classified val images well but, trained with PyTorch's AVX2
+# kernels, scored one relevant video far below the crawl's threshold (not so with AVX-512 kernels); after 12 it
+# scores every relevant video high under both.
 TEST_ENCODER = {"width": 0.125, "batch_norm": True, "input_size": 128, "epochs": 12, "lse_sharpness": 2.0}
 
 
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wsvs.training.world import WorldConfig, generate_world
+    from wsvs.training.demo_world import WorldConfig, generate_world
 
     return generate_world(WorldConfig(**TEST_WORLD), tmp_path_factory.mktemp("world") / "world")
 

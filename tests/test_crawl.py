@@ -19,7 +19,7 @@ from wsvs.runtime.errors import InputError
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows, window_times
 from wsvs.training import crawl as crawl_module
 from wsvs.training.crawl import CrawlConfig, crawl, read_manifest
-from wsvs.training.loopback import LoopbackServer, serve_world_videos
+from wsvs.training.demo_world.loopback_site import LoopbackServer, serve_world_videos
 
 CLIPS = ("realshort", "bikes", "cockatoo", "carphone_pristine", "bigbuckbunny")
 RELEVANT = ("realshort", "bikes", "cockatoo")  # the others get a thumbnail the scorer rejects

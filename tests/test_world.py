@@ -19,8 +19,7 @@ from PIL import Image
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import VOID, read_image_rgb, read_label_png, voc_palette
 from wsvs.training.cli import main
-from wsvs.training.voc import VOCDataset
-from wsvs.training.world import (
+from wsvs.training.demo_world import (
     WorldConfig,
     class_colour,
     generate_world,
@@ -29,6 +28,7 @@ from wsvs.training.world import (
     render_image,
     render_video,
 )
+from wsvs.training.voc import VOCDataset
 
 SMALL = {
     "classes": ["ant", "bee", "cat"],

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsvs.runtime.backends import BACKENDS, cuda_device_name, graph_file, open_backend
+from wsvs.runtime import cuda_api
+from wsvs.runtime.backends import BACKENDS, graph_file, open_backend
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.errors import InputError
@@ -47,7 +48,7 @@ class BenchConfig:
 def device_name() -> str:
     """The GPU's name when there is one, else the CPU model and core count."""
     try:
-        return cuda_device_name()
+        return cuda_api.device_name()
     except InputError:
         pass
     model = platform.processor() or platform.machine()

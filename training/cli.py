@@ -16,7 +16,7 @@ from wsvs.runtime.errors import InputError
 
 # Stage modules under wsvs.training, in pipeline order.
 STAGES = [
-    "world",
+    "demo_world.generate",
     "train_encoder",
     "cam",
     "crawl",

@@ -30,10 +30,10 @@ from wsvs.runtime.video_masks import SegmentVideosConfig
 from .adapt import AdaptConfig, describe_check
 from .cam import EvalCamConfig
 from .crawl import CrawlConfig
+from .demo_world import WorldConfig
 from .evaluate import EvaluateConfig
 from .train_decoder import TrainDecoderConfig
 from .train_encoder import TrainEncoderConfig
-from .world import WorldConfig
 
 STAGE_FILE = "stage.json"
 PRESETS = ("demo", "demo-confusable", "demo-loose", "paper")
@@ -99,14 +99,14 @@ def run_pipeline(config: PipelineConfig, out: Path) -> dict:
     from .adapt import adapt
     from .cam import FrameAttention, evaluate_cam, write_cam_overlays
     from .crawl import crawl
+    from .demo_world import generate_world
+    from .demo_world.loopback_site import LoopbackServer, serve_world_videos
     from .evaluate import evaluate_model
-    from .loopback import LoopbackServer, serve_world_videos
     from .segment import segment_files
     from .segment_videos import segment_videos
     from .train_decoder import train_decoder
     from .train_encoder import train_encoder
     from .voc import VOCDataset
-    from .world import generate_world
 
     world_path: Path | None = None
     if config.data is None:
