@@ -1,7 +1,8 @@
-"""`wsvs-export MODEL`: a checkpoint -> ONNX graphs (fp32, fp16 or int8 Q/DQ) -> TensorRT engines, verified.
+"""`wsvs export --model MODEL` (also `wsvs-export`): a checkpoint -> ONNX graphs (fp32, fp16 or int8 Q/DQ) ->
+TensorRT engines, verified.
 
 Writes three graphs (``X.onnx`` the end-to-end segmenter, ``X.encoder.onnx`` and ``X.decoder.onnx`` for the
-video runtime) and, with ``--engine E.engine``, one engine per graph (``E.engine``, ``E.encoder.engine``,
+video runtime) and, with ``--out-engine E.engine``, one engine per graph (``E.engine``, ``E.encoder.engine``,
 ``E.decoder.engine``) with JSON sidecars. All outputs are written to temporary files and renamed at the end,
 so a failure leaves none behind.
 """
@@ -24,7 +25,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 @dataclass
 class ExportConfig:
-    """`wsvs-export`: graph, precision and verification settings."""
+    """`wsvs export`: graph, precision and verification settings."""
 
     precision: str = "fp32"
     opset: int = 17
@@ -183,31 +184,38 @@ def normalise_images(images, meta):
     return normalise(images, meta.mean, meta.std)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wsvs-export",
-        description="Export a wsvs checkpoint to ONNX (the end-to-end segmenter plus the encoder and decoder "
-        "graphs) in fp32, fp16 or int8 (Q/DQ from static calibration), optionally build TensorRT engines, and "
-        "verify every backend against PyTorch. Graph inputs are float32 NCHW RGB normalised with the "
-        "checkpoint's mean/std (recorded in the graph's metadata); batch, height and width are dynamic.")
-    parser.add_argument("model", type=Path, metavar="MODEL", help="checkpoint folder (or its model.safetensors)")
-    parser.add_argument("--version", action="version", version=f"wsvs-export {__version__}")
-    parser.add_argument("--onnx", type=Path, default=None, metavar="OUT.onnx",
+DESCRIPTION = ("Export a wsvs checkpoint to ONNX (the end-to-end segmenter plus the encoder and decoder graphs) in "
+               "fp32, fp16 or int8 (Q/DQ from static calibration), optionally build TensorRT engines, and verify "
+               "every backend against PyTorch. Graph inputs are float32 NCHW RGB normalised with the checkpoint's "
+               "mean/std (recorded in the graph's metadata); batch, height and width are dynamic. The TensorRT "
+               "flags also take trtexec's spellings (--minShapes, --optShapes, --maxShapes, --timingCacheFile).")
+HELP = "checkpoint -> ONNX graphs (fp32/fp16/int8) and TensorRT engines, verified against PyTorch"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `wsvs export` and `wsvs-export`: one definition for both."""
+    parser.add_argument("--model", type=Path, default=None, metavar="DIR",
+                        help="checkpoint folder (or its model.safetensors)")
+    # The model was once a positional argument; `wsvs-export MODEL ...` keeps working.
+    parser.add_argument("model_positional", nargs="?", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, metavar="OUT.onnx",
                         help="segmenter graph path; .encoder.onnx/.decoder.onnx go beside it "
                         "(default: MODEL/model.onnx, or model.fp16.onnx / model.int8.onnx)")
-    parser.add_argument("--engine", type=Path, default=None, metavar="OUT.engine",
-                        help="also build TensorRT engines (needs tensorrt and an NVIDIA GPU)")
+    parser.add_argument("--out-engine", "--engine", dest="out_engine", type=Path, default=None, metavar="OUT.engine",
+                        help="also build TensorRT engines here; .encoder.engine/.decoder.engine go beside it "
+                        "(needs tensorrt and an NVIDIA GPU)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="graph precision (default fp32)")
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of calibration images (needed for int8; also used for --verify)")
     for name, example in (("min", "1x3x128x128"), ("opt", "1x3x321x321"), ("max", "4x3x512x512")):
-        parser.add_argument(f"--{name}Shapes", dest=f"{name}_shapes", default=None, metavar="NxCxHxW",
+        parser.add_argument(f"--{name}-shapes", f"--{name}Shapes", dest=f"{name}_shapes", default=None,
+                            metavar="NxCxHxW",
                             help=f"{name} shape of the images input for the TensorRT profile and verification "
                             f"(trtexec style, e.g. {example} or images:{example})")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     parser.add_argument("--top-k", type=int, default=None, help="classes per image through the decoder (default 3)")
-    parser.add_argument("--timingCacheFile", dest="timing_cache", type=Path, default=None, metavar="FILE",
-                        help="TensorRT timing cache, read if present and updated")
+    parser.add_argument("--timing-cache", "--timingCacheFile", dest="timing_cache", type=Path, default=None,
+                        metavar="FILE", help="TensorRT timing cache, read if present and updated")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                         help="compare every backend with PyTorch and exit 1 past tolerance (default on)")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (default by precision)")
@@ -217,7 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-label-agreement", type=float, default=None,
                         help="fraction of labels and classes that must be equal (default by precision)")
     parser.add_argument("--config", type=Path, default=None, help="YAML with ExportConfig keys")
+    parser.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the `wsvs-export` console script (the same arguments as `wsvs export`)."""
+    parser = argparse.ArgumentParser(prog="wsvs-export", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"wsvs-export {__version__}")
+    add_arguments(parser)
     return parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`wsvs export`: the arguments of `wsvs-export`."""
+    add_arguments(subparsers.add_parser("export", help=HELP, description=DESCRIPTION))
+
+
+def model_argument(args: argparse.Namespace) -> Path:
+    """--model, or the positional model of older command lines (not both)."""
+    if args.model is not None and args.model_positional is not None and args.model != args.model_positional:
+        raise InputError(None, f"two models given: --model {args.model} and {args.model_positional}")
+    model = args.model if args.model is not None else args.model_positional
+    if model is None:
+        raise InputError(None, "no model: pass --model DIR (a checkpoint folder)")
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                          verify=args.verify, atol=args.atol, rtol=args.rtol, min_agreement=args.min_agreement,
                          min_label_agreement=args.min_label_agreement,
                          **shapes)
-    return export(args.model, args.onnx, args.engine, args.calib, args.timing_cache, config)
+    return export(model_argument(args), args.out, args.out_engine, args.calib, args.timing_cache, config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except InputError as exc:
         print(f"wsvs-export: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("torch", "safetensors", "onnx"):
+            raise
+        print(f"wsvs-export: error: needs {exc.name}, which is not installed; install the training extra: "
+              "pip install 'wsvs[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wsvs-export: interrupted; no output was written", file=sys.stderr)

@@ -21,6 +21,8 @@ from .errors import InputError
 from .io import read_json
 
 BACKENDS = ("tensorrt", "ort-cuda", "ort-cpu")  # fastest first: the order "auto" tries them in
+# The checkpoint run by PyTorch itself (training extra): the name `wsvs segment` and `wsvs bench` give it.
+EAGER = "pytorch-eager"
 GRAPH_SUFFIX = {"segmenter": "", "encoder": ".encoder", "decoder": ".decoder"}
 _ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"], "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 

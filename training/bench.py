@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from wsvs.runtime import cuda_api
-from wsvs.runtime.backends import BACKENDS, graph_file, open_backend
+from wsvs.runtime.backends import BACKENDS, EAGER, graph_file, open_backend
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, write_json
-
-EAGER = "pytorch-eager"
 
 
 @dataclass
@@ -254,13 +252,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "PyTorch eager mode (where torch is installed) on the same synthetic batches: p50/p95 latency, images/s, "
         "ratio to PyTorch and label agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png "
         "(throughput plot). "
-        "Example: wsvs bench --model runs/model --backend all --batch 1,8 --size 320")
+        "Example: wsvs bench --model runs/model --backend all --batch 1,8 --input-size 320")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
-                   help="checkpoint folder holding model.onnx from wsvs-export (and model.engine for TensorRT)")
+                   help="checkpoint folder holding model.onnx from `wsvs export` (and model.engine for TensorRT)")
     p.add_argument("--backend", metavar="NAMES",
                    help=f"comma-separated: all (default), {EAGER}, {', '.join(BACKENDS)}")
     p.add_argument("--batch", type=_integers, metavar="N,N", help="batch sizes (default 1,8)")
-    p.add_argument("--size", type=int, metavar="S", help="square input side (default 320)")
+    p.add_argument("--input-size", dest="size", type=int, metavar="S", help="square input side (default 320)")
+    p.add_argument("--size", dest="size", type=int, help=argparse.SUPPRESS)  # the name before --input-size
     p.add_argument("--iterations", type=int, metavar="N", help="timed calls per backend and batch (default 20)")
     p.add_argument("--warmup", type=int, metavar="N", help="untimed calls first (default 3)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads, 0: library default (default 0)")

@@ -6,7 +6,7 @@ the gradients: with equal shares a step equals the single-process step on the wh
 normalise each share on its own). Every process draws the same augmentations in the same order, so a run does
 not depend on the number of processes. Only rank 0 evaluates and writes files.
 
-    torchrun --nproc_per_node 4 -m wsvs.training.cli train-encoder --data VOC2012 --out runs/encoder
+    torchrun --nproc_per_node 4 -m wsvs.runtime.cli train-encoder --data VOC2012 --out runs/encoder
 """
 
 from __future__ import annotations

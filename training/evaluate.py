@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "eval", help="score image segmentation on a VOC-layout set (mIoU, per-class table)",
+        "evaluate", aliases=["eval"], help="score image segmentation on a VOC-layout set (mIoU, per-class table)",
         description="Segment every image of a split with the encoder and decoder (paper §3.4) and score it: "
         "confusion-matrix mIoU over background + classes with void ignored, per class in the paper's Table 2 "
         "layout, printed and optionally written as JSON.")

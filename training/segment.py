@@ -5,8 +5,9 @@ multi-scale attention of each into a foreground probability map, and each pixel 
 highest probability, or background where that probability is below the checkpoint's foreground threshold (or no
 class is present): ``wsvs.runtime.contract.labels_from_foreground``, the rule every backend applies.
 
-`wsvs segment` runs the checkpoint in PyTorch, or its exported graphs (`wsvs-export`) on the torch-free runtime:
-TensorRT, ONNX Runtime CUDA or CPU; ``--backend auto`` takes the fastest that loads and says which.
+`wsvs segment` runs the checkpoint in PyTorch (backend `pytorch-eager`), or its exported graphs (`wsvs export`) on
+the torch-free runtime: TensorRT, ONNX Runtime CUDA or CPU; ``--backend auto`` takes the fastest that loads and
+says which.
 """
 
 from __future__ import annotations
@@ -115,26 +116,29 @@ def split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
 
 def choose_backend(name: str, model: Path) -> str:
     """``auto`` falls back to PyTorch when no exported graph sits beside ``model``."""
-    from wsvs.runtime.backends import graph_file
+    from wsvs.runtime.backends import EAGER, graph_file
 
     exported = any(graph_file(model, "segmenter", suffix).is_file() for suffix in (".onnx", ".engine"))
     if name == "auto" and not exported:
-        print(f"backend auto: pytorch (no exported graph beside {model}; `wsvs-export {model}` makes one)")
-        return "pytorch"
+        print(f"backend auto: {EAGER} (no exported graph beside {model}; `wsvs export --model {model}` makes one)")
+        return EAGER
     return name
 
 
 def run(args: argparse.Namespace) -> int:
     from wsvs.runtime import image_segmenter
+    from wsvs.runtime.backends import EAGER
     from wsvs.runtime.video_segmenter import VideoSegmenter
 
-    model = args.onnx or args.engine or args.model
-    backend = choose_backend("tensorrt" if args.engine and args.backend == "auto" else args.backend, model)
+    model = args.model
+    engine = model.suffix == ".engine" and not model.is_dir()
+    backend = choose_backend("tensorrt" if engine and args.backend == "auto" else args.backend, model)
     images, videos = split_inputs(args.images)
-    if backend == "pytorch" and videos:
-        raise InputError(videos[0], f"video input runs on the exported graphs: run `wsvs-export {model}` first")
+    if backend == EAGER and videos:
+        raise InputError(videos[0], f"video input runs on the exported graphs: run `wsvs-export --model {model}` "
+                         "first")
     if images:
-        if backend == "pytorch":
+        if backend == EAGER:
             written = segment_files(model, images, args.out)
         else:
             written = image_segmenter.segment_files(model, images, args.out, backend, args.batch, args.long_side)
@@ -148,8 +152,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_name(text: str) -> str:
+    """Backend names as given; ``pytorch`` is the older spelling of ``pytorch-eager``."""
+    from wsvs.runtime.backends import EAGER
+
+    return EAGER if text == "pytorch" else text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from wsvs.runtime.backends import BACKENDS
+    from wsvs.runtime.backends import BACKENDS, EAGER
     from wsvs.runtime.video_segmenter import REFINEMENTS
 
     p = subparsers.add_parser(
@@ -159,15 +170,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint's foreground threshold). Writes "
         "<out>/<name>.png (VOC-palette label map) and <out>/<name>_overlay.jpg per image, and "
         "<out>/<video>/masks/*.png, overlay.mp4 and summary.json per video. Videos and the TensorRT / ONNX Runtime "
-        "backends use the graphs of `wsvs-export`.")
+        "backends use the graphs of `wsvs export`.")
     p.add_argument("images", nargs="+", type=Path, metavar="INPUT", help="image files, folders of images, videos")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="checkpoint folder with a trained decoder (and its export)")
-    source.add_argument("--onnx", type=Path, help="exported segmenter graph X.onnx (X.encoder/decoder.onnx beside)")
-    source.add_argument("--engine", type=Path, help="TensorRT engine X.engine (X.encoder/decoder.engine beside)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="checkpoint folder with a trained decoder (and its export), or an exported segmenter graph "
+                   "X.onnx / TensorRT engine X.engine (X.encoder/decoder.* beside)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--backend", default="auto", choices=["auto", "pytorch", *BACKENDS],
-                   help="auto (default): TensorRT, else ONNX Runtime CUDA, else CPU, else PyTorch")
+    p.add_argument("--backend", default="auto", type=_backend_name, choices=["auto", EAGER, *BACKENDS],
+                   help=f"auto (default): TensorRT, else ONNX Runtime CUDA, else CPU, else {EAGER}; "
+                   "auto on an X.engine file is tensorrt")
     p.add_argument("--batch", type=int, default=8, help="images or frames per network call (default 8)")
     p.add_argument("--long-side", dest="long_side", type=int, default=None,
                    help="resize the longer side to this before the network (default: images as they are, "
