@@ -73,7 +73,7 @@ def encoder_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def video_masks(world_dir: Path, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`wsvs segment-videos` masks of every web video of the small world."""
-    from wsvs.training.cli import main
+    from wsvs.runtime.cli import main
 
     out = tmp_path_factory.mktemp("video_masks")
     assert main(["segment-videos", "--videos", str(world_dir / "web"), "--model", str(encoder_dir),
@@ -85,7 +85,7 @@ def video_masks(world_dir: Path, encoder_dir: Path, tmp_path_factory: pytest.Tem
 def decoder_dir(world_dir: Path, encoder_dir: Path, video_masks: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The full checkpoint: the encoder and a decoder trained on the video masks (§3.3)."""
-    from wsvs.training.cli import main
+    from wsvs.runtime.cli import main
 
     out = tmp_path_factory.mktemp("decoder")
     assert main(["train-decoder", "--model", str(encoder_dir), "--videos", str(world_dir / "web"),

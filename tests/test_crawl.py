@@ -276,7 +276,7 @@ def test_crawl_checks_its_input(tmp_path: Path) -> None:
 
 
 def test_command_line_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:
-    from wsvs.training.cli import main
+    from wsvs.runtime.cli import main
 
     assert main(["crawl", "--classes", "bird", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
@@ -334,8 +334,8 @@ def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
         world, encoder = request.getfixturevalue("world_dir"), request.getfixturevalue("encoder_dir")
     except pytest.FixtureLookupError:
         pytest.skip("the world_dir / encoder_dir fixtures are not defined")
+    from wsvs.runtime.cli import main
     from wsvs.training.cam import FrameAttention
-    from wsvs.training.cli import main
 
     attention = FrameAttention.load(encoder)
     web = world / "web"

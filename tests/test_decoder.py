@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from wsvs.runtime.cli import main
 from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground
 from wsvs.runtime.io import read_label_png, voc_palette, write_binary_png
 from wsvs.training.checkpoint import load_checkpoint
-from wsvs.training.cli import main
 from wsvs.training.models import WSVSModel, multiscale_attention
 from wsvs.training.segment import segment_images
 from wsvs.training.train_decoder import Pairs, TrainDecoderConfig, calibrate_threshold, fit_decoder, video_pairs
@@ -163,7 +163,7 @@ def table1(world_dir: Path, encoder_dir: Path, decoder_dir: Path, tmp_path_facto
     scores = {"cam": evaluate_cam(encoder_dir, data, EvalCamConfig())["miou"], "adapted_dir": out / "adapted"}
     for name, model_dir in (("decoder", decoder_dir), ("adapted", out / "adapted")):
         json_path = out / f"{name}.json"
-        assert main(["eval", "--model", str(model_dir), "--data", str(data), "--json", str(json_path)]) == 0
+        assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--json", str(json_path)]) == 0
         report = json.loads(json_path.read_text())
         scores[name], scores[f"{name}_table"] = report["miou"], report["table_text"]
     return scores
@@ -252,7 +252,8 @@ def test_adaptation_that_degrades_is_reported_and_refused(world_dir: Path, decod
     assert checkpoint_files(out)[0].is_file()
     scores = {}
     for name, model_dir in (("decoder", decoder_dir), ("refused", out / "refused")):
-        assert main(["eval", "--model", str(model_dir), "--data", str(data), "--json", str(tmp_path / "s.json")]) == 0
+        assert main(["evaluate", "--model", str(model_dir), "--data", str(data),
+                     "--json", str(tmp_path / "s.json")]) == 0
         scores[name] = json.loads((tmp_path / "s.json").read_text())["miou"]
     assert scores["refused"] < scores["decoder"] - 0.05, scores
     assert load_checkpoint(out / "refused")[1].extra["adaptation"]["check"] == check
@@ -275,5 +276,5 @@ def test_segment_cli_writes_palette_masks_and_overlays(world_dir: Path, tmp_path
 
 
 def test_eval_without_a_trained_decoder_is_an_input_error(encoder_dir: Path, world_dir: Path, capsys) -> None:
-    assert main(["eval", "--model", str(encoder_dir), "--data", str(world_dir / "images")]) == 2
+    assert main(["evaluate", "--model", str(encoder_dir), "--data", str(world_dir / "images")]) == 2
     assert "no trained decoder" in capsys.readouterr().err

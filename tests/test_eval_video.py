@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wsvs.runtime.cli import main
 from wsvs.runtime.io import write_binary_png
-from wsvs.training.cli import main
 from wsvs.training.eval_video import evaluate_videos
 
 

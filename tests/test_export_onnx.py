@@ -264,8 +264,9 @@ def test_graph_metadata_and_dynamic_axes(fp32_graphs, loaded):
 
 def test_cli_exports_int8_and_verifies(checkpoint, calibration_folder, tmp_path, capsys):
     out = tmp_path / "out" / "seg.onnx"
-    code = cli.main([str(checkpoint), "--onnx", str(out), "--precision", "int8", "--calib", str(calibration_folder),
-                     "--minShapes", "1x3x64x64", "--optShapes", "1x3x97x97", "--maxShapes", "2x3x128x128"])
+    code = cli.main(["--model", str(checkpoint), "--out", str(out), "--precision", "int8",
+                     "--calib", str(calibration_folder), "--minShapes", "1x3x64x64", "--optShapes", "1x3x97x97",
+                     "--maxShapes", "2x3x128x128"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert sorted(p.name for p in out.parent.iterdir()) == ["seg.decoder.onnx", "seg.encoder.onnx", "seg.onnx"]
@@ -354,25 +355,25 @@ def bad_checkpoints(root: Path, good: Path) -> dict[str, Path]:
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoint, tmp_path, capsys):
     for name, folder in bad_checkpoints(tmp_path, checkpoint).items():
         before = set(folder.iterdir()) if folder.is_dir() else set()
-        assert cli.main([str(folder), "--no-verify"]) == 2, name
+        assert cli.main(["--model", str(folder), "--no-verify"]) == 2, name
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and error.startswith("wsvs-export: error:"), error
         assert (set(folder.iterdir()) if folder.is_dir() else set()) == before, name
 
     out = tmp_path / "shapes" / "m.onnx"
-    assert cli.main([str(checkpoint), "--onnx", str(out), "--minShapes", "1x3x400x400", "--optShapes",
+    assert cli.main(["--model", str(checkpoint), "--out", str(out), "--minShapes", "1x3x400x400", "--optShapes",
                      "1x3x321x321"]) == 2
     assert "min <= opt <= max" in capsys.readouterr().err and not out.parent.exists()
-    assert cli.main([str(checkpoint), "--onnx", str(out), "--optShapes", "1x3x321"]) == 2
+    assert cli.main(["--model", str(checkpoint), "--out", str(out), "--opt-shapes", "1x3x321"]) == 2
     assert "NxCxHxW" in capsys.readouterr().err
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert cli.main([str(checkpoint), "--onnx", str(blocker / "m.onnx"), "--no-verify"]) == 2
+    assert cli.main(["--model", str(checkpoint), "--out", str(blocker / "m.onnx"), "--no-verify"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cannot write" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "corrupt", "unknown"]  # no temporary files
-    assert cli.main([str(checkpoint), "--precision", "int8", "--no-verify"]) == 2
+    assert cli.main(["--model", str(checkpoint), "--precision", "int8", "--no-verify"]) == 2
     assert "--calib" in capsys.readouterr().err
 
 
@@ -384,7 +385,7 @@ def test_cli_engine_without_tensorrt_fails_cleanly(checkpoint, tmp_path, capsys)
     except ImportError:
         pass
     before = set(checkpoint.iterdir())
-    assert cli.main([str(checkpoint), "--engine", str(tmp_path / "m.engine")]) == 2
+    assert cli.main(["--model", str(checkpoint), "--out-engine", str(tmp_path / "m.engine")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "TensorRT is not installed" in error
     assert set(checkpoint.iterdir()) == before and not list(tmp_path.iterdir())

@@ -89,7 +89,7 @@ def test_seeds_table_reports_mean_min_max_and_per_seed_margins() -> None:
 
 
 def test_train_and_demo_are_subcommands() -> None:
-    from wsvs.training.cli import build_parser
+    from wsvs.runtime.cli import build_parser
     from wsvs.training.pipeline import run_train
 
     demo = build_parser().parse_args(["demo", "--out", "runs/demo"])

@@ -247,10 +247,10 @@ def stand_in_segmenter(path: Path) -> Path:
 def test_bench_times_onnx_backends_without_torch(tmp_path):
     """`wsvs bench --backend ort-cpu` where torch cannot be imported: the rows of ONNX Runtime, no PyTorch column."""
     model, out = stand_in_segmenter(tmp_path / "m.onnx"), tmp_path / "out"
-    argv = ["bench", "--model", str(model), "--backend", "ort-cpu", "--batch", "1,2", "--size", "32",
+    argv = ["bench", "--model", str(model), "--backend", "ort-cpu", "--batch", "1,2", "--input-size", "32",
             "--iterations", "2", "--warmup", "1", "--out", str(out)]
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from wsvs.training.cli import main\n"
+            "from wsvs.runtime.cli import main\n"
             f"code = main({argv!r})\n"
             "assert not [k for k, v in sys.modules.items() if v is not None and k.split('.')[0] == 'torch']\n"
             "sys.exit(code)\n")
@@ -276,7 +276,7 @@ def test_gpu_backends_match_onnxruntime_cpu(exported):
 
 
 def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys):
-    from wsvs.training.cli import main
+    from wsvs.runtime.cli import main
 
     images = synthetic_images(2, 97, 131, seed=5)
     for i, image in enumerate(images):

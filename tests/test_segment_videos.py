@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from wsvs.runtime.cli import main
 from wsvs.runtime.io import read_image_rgb, read_json, read_label_png, write_image_rgb
 from wsvs.runtime.video_masks import (
     SegmentVideosConfig,
@@ -19,7 +20,6 @@ from wsvs.runtime.video_masks import (
     relevant_intervals,
     segment_video,
 )
-from wsvs.training.cli import main
 from wsvs.training.eval_video import evaluate_videos
 
 SEQUENCES = {"blackswan": "bird", "cows": "cow"}  # DAVIS sequences used here, with their classes

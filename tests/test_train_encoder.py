@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from wsvs.runtime.cli import main
 from wsvs.training.cam import EvalCamConfig, evaluate_cam
-from wsvs.training.cli import main
 from wsvs.training.train_encoder import TrainEncoderConfig, augment, train_encoder
 
 

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from wsvs.runtime.cli import main
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import VOID, read_image_rgb, read_label_png, voc_palette
-from wsvs.training.cli import main
 from wsvs.training.demo_world import (
     WorldConfig,
     class_colour,
