@@ -68,7 +68,7 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(None, "this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu "
                                    "on a machine with an NVIDIA GPU)")
         if not path.is_file():
-            raise InputError(path, "ONNX graph not found (export it with: wsvs-export CHECKPOINT)")
+            raise InputError(path, "ONNX graph not found (export it with: wsvs export --model CHECKPOINT)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         try:
@@ -97,10 +97,10 @@ def check_engine_sidecar(engine: Path, sidecar: dict, tensorrt_version: str, gpu
     built_version, built_gpu = sidecar.get("tensorrt_version"), sidecar.get("gpu")
     if built_version != tensorrt_version:
         raise InputError(engine, f"engine built with TensorRT {built_version}, this is TensorRT {tensorrt_version}: "
-                                 "rebuild it with wsvs-export --engine on this machine")
+                                 "rebuild it with wsvs export --out-engine on this machine")
     if built_gpu != gpu:
         raise InputError(engine, f"engine built for {built_gpu}, this GPU is {gpu}: "
-                                 "rebuild it with wsvs-export --engine on this machine")
+                                 "rebuild it with wsvs export --out-engine on this machine")
 
 
 class TensorRTBackend(Backend):
@@ -111,7 +111,8 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise InputError(path, "TensorRT engine not found (build it with: wsvs-export CHECKPOINT --engine E)")
+            raise InputError(path, "TensorRT engine not found "
+                             "(build it with: wsvs export --model CHECKPOINT --out-engine E)")
         sidecar = read_json(path.with_name(path.name + ".json"))
         try:
             import tensorrt as trt

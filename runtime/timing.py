@@ -1,5 +1,5 @@
 """Timing a backend without torch: the timer of `wsvs bench` and ``benchmarks/*.py``, and the photograph-like
-images they time it on (which `wsvs-export` also checks its graphs on when it is given no image folder)."""
+images they time it on (which `wsvs export` also checks its graphs on when it is given no image folder)."""
 
 from __future__ import annotations
 

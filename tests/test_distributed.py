@@ -22,7 +22,7 @@ def test_two_gloo_processes_train_like_one(world_dir: Path, tmp_path: Path) -> N
     # No batch norm: each process would normalise its own half of a batch, which one process does not.
     config.write_text(f"train_split: {split}\nwidth: 0.125\nbatch_norm: false\ninput_size: 64\n"
                       "batch_size: 8\nepochs: 2\ndevice: cpu\n")
-    command = ["-m", "wsvs.training.cli", "train-encoder", "--data", str(world_dir / "images"),
+    command = ["-m", "wsvs.runtime.cli", "train-encoder", "--data", str(world_dir / "images"),
                "--config", str(config)]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one")],

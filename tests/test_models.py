@@ -118,7 +118,7 @@ def test_bad_checkpoints_are_one_line_input_errors(tmp_path) -> None:
 def test_cli_reports_a_missing_checkpoint_with_exit_code_2(tmp_path) -> None:
     image = tmp_path / "x.png"
     image.write_bytes(b"")
-    result = subprocess.run([sys.executable, "-m", "wsvs.training.cli", "cam", str(image), "--model",
+    result = subprocess.run([sys.executable, "-m", "wsvs.runtime.cli", "cam", str(image), "--model",
                              str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "checkpoint folder not found" in result.stderr

@@ -95,7 +95,7 @@ def test_eval_cam_scales_override_the_checkpoints(world_dir: Path, encoder_dir: 
 
 def test_cam_cli_writes_overlays_per_predicted_class(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
     images = sorted((world_dir / "images" / "JPEGImages").glob("*.jpg"))[:2]
-    result = subprocess.run([sys.executable, "-m", "wsvs.training.cli", "cam", *map(str, images), "--model",
+    result = subprocess.run([sys.executable, "-m", "wsvs.runtime.cli", "cam", *map(str, images), "--model",
                              str(encoder_dir), "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in tmp_path.glob("*.png"))

@@ -111,7 +111,7 @@ def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, 
         raise InputError(None, f"unknown backend {sorted(unknown)[0]!r} (choose all, {EAGER}, {', '.join(BACKENDS)})")
     segmenter = graph_file(model_dir, "segmenter", ".onnx")
     if not segmenter.is_file():
-        raise InputError(segmenter, f"not found: export the checkpoint first (wsvs-export {model_dir})")
+        raise InputError(segmenter, f"not found: export the checkpoint first (wsvs export --model {model_dir})")
     loaded: dict[str, Callable] = {}
     skipped: dict[str, str] = {}
     for name in wanted:

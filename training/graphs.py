@@ -1,4 +1,4 @@
-"""The three inference graphs of the unchanged model, in static-shape ops: what ``wsvs-export`` traces to ONNX and
+"""The three inference graphs of the unchanged model, in static-shape ops: what ``wsvs export`` traces to ONNX and
 `wsvs bench` runs as its PyTorch eager baseline (so they live here, and the exporter imports them).
 
 All take normalised images, (N, 3, H, W) float32 RGB scaled to [0, 1] then standardised with the
