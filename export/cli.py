@@ -201,9 +201,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="OUT.onnx",
                         help="segmenter graph path; .encoder.onnx/.decoder.onnx go beside it "
                         "(default: MODEL/model.onnx, or model.fp16.onnx / model.int8.onnx)")
-    parser.add_argument("--out-engine", "--engine", dest="out_engine", type=Path, default=None, metavar="OUT.engine",
+    parser.add_argument("--out-engine", dest="out_engine", type=Path, default=None, metavar="OUT.engine",
                         help="also build TensorRT engines here; .encoder.engine/.decoder.engine go beside it "
                         "(needs tensorrt and an NVIDIA GPU)")
+    parser.add_argument("--engine", dest="out_engine", type=Path, default=None, help=argparse.SUPPRESS)  # older name
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="graph precision (default fp32)")
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of calibration images (needed for int8; also used for --verify)")
