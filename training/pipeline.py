@@ -92,115 +92,180 @@ def run_stage(out: Path, name: str, inputs: dict[str, Any], work: Callable[[Path
     return record
 
 
-def run_pipeline(config: PipelineConfig, out: Path) -> dict:
-    """Every stage in order; returns the report dict (also written to ``<out>/report.json``)."""
-    import dataclasses
+@dataclass
+class PipelineRun:
+    """One run of the pipeline: its settings, where it writes, the image set, and each finished stage's record
+    (``stage.json``: fingerprint ``key`` and ``result``), which the later stages read."""
 
-    from .adapt import adapt
-    from .cam import FrameAttention, evaluate_cam, write_cam_overlays
-    from .crawl import crawl
+    config: PipelineConfig
+    out: Path
+    data: Path  # VOC-layout image set: given, or the generated world's
+    data_key: str  # what the image set's stages fingerprint: the world stage's key, or the given folder
+    world: Path | None  # the generated world, whose web videos the crawl reads; None with given data
+    shown: list[Path]  # val images whose overlays the report shows
+    records: dict[str, dict] = field(default_factory=dict)
+
+
+def start_run(config: PipelineConfig, out: Path) -> PipelineRun:
+    """The image set: ``config.data``, or the synthetic world generated as the first stage."""
     from .demo_world import generate_world
-    from .demo_world.loopback_site import LoopbackServer, serve_world_videos
-    from .evaluate import evaluate_model
-    from .segment import segment_files
-    from .segment_videos import segment_videos
-    from .train_decoder import train_decoder
-    from .train_encoder import train_encoder
     from .voc import VOCDataset
 
-    world_path: Path | None = None
     if config.data is None:
         world = run_stage(out, "world", {"world": dump_config(config.world)},
                           lambda folder: {"path": str(generate_world(config.world, folder))})
         world_path = Path(world["result"]["path"])
         data, data_key = world_path / "images", world["key"]
     else:
-        data, data_key = config.data, str(config.data.resolve())
+        world_path, data, data_key = None, config.data, str(config.data.resolve())
     val = VOCDataset(data, config.evaluate.split)
     shown = [data / "JPEGImages" / f"{image_id}.jpg" for image_id in val.ids[:OVERLAY_IMAGES]]
+    return PipelineRun(config, out, data, data_key, world_path, shown)
 
-    encoder = run_stage(
-        out, "encoder", {"data": data_key, "encoder": dump_config(config.encoder)},
-        lambda folder: {"history": read_json(train_encoder(data, folder, config.encoder, resume=True) /
-                                             "model.json")["extra"]["encoder_training"]["history"]})
-    encoder_dir = out / "encoder"
 
-    # The CAM of Eq. 2 at one scale too: how much of an object the classifier's own evidence covers, before
-    # §3.2's max over scales widens it.
-    single_scale = replace(config.eval_cam, scales=(1.0,))
+def encoder_stage(run: PipelineRun) -> dict:
+    """§3.1: f_enc from image-level labels."""
+    from .train_encoder import train_encoder
 
-    def eval_cam(folder: Path) -> dict:
-        result = evaluate_cam(encoder_dir, data, config.eval_cam, folder)
-        single = evaluate_cam(encoder_dir, data, single_scale)
+    def work(folder: Path) -> dict:
+        model = train_encoder(run.data, folder, run.config.encoder, resume=True)
+        return {"history": read_json(model / "model.json")["extra"]["encoder_training"]["history"]}
+
+    return run_stage(run.out, "encoder", {"data": run.data_key, "encoder": dump_config(run.config.encoder)}, work)
+
+
+def eval_cam_stage(run: PipelineRun) -> dict:
+    """The CAM baseline, also at one scale: how much of an object the classifier's own evidence (Eq. 2) covers,
+    before §3.2's max over scales widens it."""
+    from .cam import evaluate_cam, write_cam_overlays
+
+    encoder_dir, single_scale = run.out / "encoder", replace(run.config.eval_cam, scales=(1.0,))
+
+    def work(folder: Path) -> dict:
+        result = evaluate_cam(encoder_dir, run.data, run.config.eval_cam, folder)
+        single = evaluate_cam(encoder_dir, run.data, single_scale)
         result["single_scale"] = {"miou": single["miou"], "cam_recall": single["cam_recall"]}
-        write_cam_overlays(encoder_dir, shown, folder / "overlays")
+        write_cam_overlays(encoder_dir, run.shown, folder / "overlays")
         return result
 
-    cam = run_stage(out, "eval_cam", {"encoder": encoder["key"], "eval_cam": dump_config(config.eval_cam),
-                                      "single_scale": dump_config(single_scale)}, eval_cam)
+    return run_stage(run.out, "eval_cam", {"encoder": run.records["encoder"]["key"],
+                                           "eval_cam": dump_config(run.config.eval_cam),
+                                           "single_scale": dump_config(single_scale)}, work)
 
-    def crawl_videos(folder: Path) -> dict:
-        attention = FrameAttention.load(encoder_dir)
-        settings = dataclasses.replace(config.crawl, classes=config.crawl.classes or tuple(attention.class_names),
-                                       model=encoder_dir, out=folder)
-        if world_path is None:
+
+def crawl_stage(run: PipelineRun) -> dict:
+    """§4: the configured source, or the world's videos served as web pages on 127.0.0.1."""
+    from .cam import FrameAttention
+    from .crawl import crawl
+    from .demo_world.loopback_site import LoopbackServer, serve_world_videos
+
+    def work(folder: Path) -> dict:
+        attention = FrameAttention.load(run.out / "encoder")
+        settings = replace(run.config.crawl, classes=run.config.crawl.classes or tuple(attention.class_names),
+                           model=run.out / "encoder", out=folder)
+        if run.world is None:
             return {"summary": crawl(settings, attention.scores, attention.class_names)}
-        with LoopbackServer() as server:  # the world's "web": its videos as pages on 127.0.0.1
-            pages = serve_world_videos(server, world_path / "web")
+        with LoopbackServer() as server:
+            pages = serve_world_videos(server, run.world / "web")
             write_json(folder / "pages.json", pages)
-            settings = dataclasses.replace(settings, source="pages", pages=folder / "pages.json")
+            settings = replace(settings, source="pages", pages=folder / "pages.json")
             return {"summary": crawl(settings, attention.scores, attention.class_names)}
 
-    crawled = run_stage(out, "crawl", {"encoder": encoder["key"], "world": data_key,
-                                       "crawl": dump_config(config.crawl)}, crawl_videos)
-    clips = out / "crawl" / "clips"
-    segmented = run_stage(
-        out, "segment_videos", {"crawl": crawled["key"], "config": dump_config(config.segment_videos)},
-        lambda folder: segment_videos(clips, folder, config.segment_videos, encoder_dir, config.video_workers))
+    return run_stage(run.out, "crawl", {"encoder": run.records["encoder"]["key"], "world": run.data_key,
+                                        "crawl": dump_config(run.config.crawl)}, work)
 
-    def decoder(folder: Path) -> dict:
-        _, counts = train_decoder(encoder_dir, clips, out / "segment_videos", folder, config.decoder, resume=True)
+
+def segment_videos_stage(run: PipelineRun) -> dict:
+    """§3.2: masks of the crawled clips."""
+    from .segment_videos import segment_videos
+
+    config = run.config
+    return run_stage(
+        run.out, "segment_videos", {"crawl": run.records["crawl"]["key"],
+                                    "config": dump_config(config.segment_videos)},
+        lambda folder: segment_videos(run.out / "crawl" / "clips", folder, config.segment_videos,
+                                      run.out / "encoder", config.video_workers))
+
+
+def decoder_stage(run: PipelineRun) -> dict:
+    """§3.3: the decoder on the video masks."""
+    from .train_decoder import train_decoder
+
+    def work(folder: Path) -> dict:
+        _, counts = train_decoder(run.out / "encoder", run.out / "crawl" / "clips", run.out / "segment_videos",
+                                  folder, run.config.decoder, resume=True)
         return {"frames": counts}
 
-    decoded = run_stage(out, "decoder", {"masks": segmented["key"], "decoder": dump_config(config.decoder)},
-                        decoder)
+    return run_stage(run.out, "decoder", {"masks": run.records["segment_videos"]["key"],
+                                          "decoder": dump_config(run.config.decoder)}, work)
 
-    def adaptation(folder: Path) -> dict:
-        _, counts = adapt(out / "decoder", data, folder, config.adapt, resume=True)
+
+def adapt_stage(run: PipelineRun) -> dict:
+    """§5.2.1: domain adaptation to the still images, judged on held-out ones."""
+    from .adapt import adapt
+
+    def work(folder: Path) -> dict:
+        _, counts = adapt(run.out / "decoder", run.data, folder, run.config.adapt, resume=True)
         check = counts.pop("check")
         print(f"[adapt] {describe_check(check, folder)}", flush=True)
         return {"pairs": counts, "check": check}
 
-    adapted = run_stage(out, "adapt", {"decoder": decoded["key"], "data": data_key,
-                                       "adapt": dump_config(config.adapt)}, adaptation)
+    return run_stage(run.out, "adapt", {"decoder": run.records["decoder"]["key"], "data": run.data_key,
+                                        "adapt": dump_config(run.config.adapt)}, work)
 
-    def evaluate(folder: Path) -> dict:
+
+def evaluate_stage(run: PipelineRun) -> dict:
+    """§5: the decoder and the adapted model on the val split, with overlays."""
+    from .evaluate import evaluate_model
+    from .segment import segment_files
+
+    def work(folder: Path) -> dict:
         results = {}
         for name in ("decoder", "adapt"):
-            results[name] = evaluate_model(out / name, data, config.evaluate)
-            segment_files(out / name, shown, folder / "overlays" / name)
+            results[name] = evaluate_model(run.out / name, run.data, run.config.evaluate)
+            segment_files(run.out / name, run.shown, folder / "overlays" / name)
         return results
 
-    scores = run_stage(out, "evaluate", {"decoder": decoded["key"], "adapt": adapted["key"],
-                                         "evaluate": dump_config(config.evaluate)}, evaluate)
-    decoder_eval, adapted_eval = scores["result"]["decoder"], scores["result"]["adapt"]
-    report = {
-        "encoder_map": encoder["result"]["history"][-1]["map"],
-        "cam_recall": cam["result"]["cam_recall"],
-        "cam_single_scale": cam["result"]["single_scale"],
-        "miou": {"cam_baseline": cam["result"]["miou"], "decoder": decoder_eval["miou"],
-                 "adapted": adapted_eval["miou"]},
-        "tables": {"cam_baseline": cam["result"]["table"], "decoder": decoder_eval["table"],
-                   "adapted": adapted_eval["table"]},
-        "crawl": crawled["result"]["summary"],
-        "segment_videos": {k: v for k, v in segmented["result"].items() if k != "failures"},
-        "decoder_frames": decoded["result"]["frames"],
-        "adaptation_pairs": adapted["result"]["pairs"],
-        "adaptation": adapted["result"]["check"],
-    }
+    return run_stage(run.out, "evaluate", {"decoder": run.records["decoder"]["key"],
+                                           "adapt": run.records["adapt"]["key"],
+                                           "evaluate": dump_config(run.config.evaluate)}, work)
+
+
+# The stages after the image set, in order: each reads the records of the ones before it.
+STAGES: tuple[tuple[str, Callable[[PipelineRun], dict]], ...] = (
+    ("encoder", encoder_stage), ("eval_cam", eval_cam_stage), ("crawl", crawl_stage),
+    ("segment_videos", segment_videos_stage), ("decoder", decoder_stage), ("adapt", adapt_stage),
+    ("evaluate", evaluate_stage))
+
+
+def run_pipeline(config: PipelineConfig, out: Path) -> dict:
+    """Every stage in order; returns the report dict (also written to ``<out>/report.json``)."""
+    run = start_run(config, out)
+    for name, stage in STAGES:
+        run.records[name] = stage(run)
+    report = pipeline_report({name: record["result"] for name, record in run.records.items()})
     write_json(out / "report.json", report)
     write_report_markdown(out, report)
     return report
+
+
+def pipeline_report(results: dict[str, dict]) -> dict:
+    """The report's numbers from each stage's result: Table 1 in miniature and what led to it."""
+    cam, evaluated = results["eval_cam"], results["evaluate"]
+    return {
+        "encoder_map": results["encoder"]["history"][-1]["map"],
+        "cam_recall": cam["cam_recall"],
+        "cam_single_scale": cam["single_scale"],
+        "miou": {"cam_baseline": cam["miou"], "decoder": evaluated["decoder"]["miou"],
+                 "adapted": evaluated["adapt"]["miou"]},
+        "tables": {"cam_baseline": cam["table"], "decoder": evaluated["decoder"]["table"],
+                   "adapted": evaluated["adapt"]["table"]},
+        "crawl": results["crawl"]["summary"],
+        "segment_videos": {k: v for k, v in results["segment_videos"].items() if k != "failures"},
+        "decoder_frames": results["decoder"]["frames"],
+        "adaptation_pairs": results["adapt"]["pairs"],
+        "adaptation": results["adapt"]["check"],
+    }
 
 
 def write_report_markdown(out: Path, report: dict) -> Path:
