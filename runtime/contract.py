@@ -59,7 +59,7 @@ class InferenceMetadata:
     scales: tuple[float, ...] = (0.75, 1.0, 1.5)  # multi-scale attention (§3.2)
     class_threshold: float = 0.5  # a class is present when its probability passes this (§3.4)
     # a pixel is foreground where a present class's decoder probability reaches this; the decoder's training
-    # sets it to the value that best fits its training masks (see train_decoder.calibrate_threshold)
+    # sets it to the value that best fits its training masks (see training.fit.calibrate_threshold)
     foreground_threshold: float = 0.5
     decoder_trained: bool = False
 

@@ -12,8 +12,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from wsvs.runtime.cli import main
+from wsvs.training.augment import augment
 from wsvs.training.cam import EvalCamConfig, evaluate_cam
-from wsvs.training.train_encoder import TrainEncoderConfig, augment, train_encoder
+from wsvs.training.train_encoder import TrainEncoderConfig, train_encoder
 
 
 def _subset(world_dir: Path, tmp_path: Path, n: int) -> Path:

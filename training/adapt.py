@@ -185,11 +185,11 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
 
     from wsvs.runtime.preprocess import normalise
 
+    from .augment import augment
     from .checkpoint import load_checkpoint, save_checkpoint
     from .distributed import join
+    from .fit import fit
     from .segment import segment_dataset
-    from .train_decoder import fit
-    from .train_encoder import augment
     from .voc import VOCDataset
 
     if out.resolve() == model_dir.resolve():

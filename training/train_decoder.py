@@ -16,22 +16,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.config import load_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, read_json, read_label_png, write_json
 
-from .distributed import Replica, join, resolve_device
+from .augment import augment_pair
+from .distributed import Replica, resolve_device
+from .fit import fit
 
 CACHE_DIR = "attention"
 SCORE_BATCH = 32  # frames per encoder or decoder call while caching attention or calibrating
-THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # foreground thresholds tried: 0.05 .. 0.95
 
 
 @dataclass
@@ -50,46 +51,12 @@ class TrainDecoderConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-class FitSettings(Protocol):
-    """What the decoder training loop reads from a stage config (train-decoder's or adapt's)."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    input_size: int | None
-    scale_jitter: tuple[float, ...]
-    seed: int
-    device: str
-
-
 @dataclass
 class Pairs:
     """Decoder training pairs: attention maps in [0, 1] (float16) and binary masks, each (H, W)."""
 
     attention: list[np.ndarray]
     masks: list[np.ndarray]
-
-
-def augment_pair(attention: np.ndarray, mask: np.ndarray, size: int, jitter: Sequence[float],
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random rescale, flip and a size x size crop of one pair. Returns float32 attention and a float32
-    target where padding (outside the rescaled map) is -1, i.e. not scored."""
-    import cv2
-
-    scale = rng.uniform(jitter[0], jitter[1])
-    height, width = (max(1, round(d * scale)) for d in attention.shape)
-    attention = cv2.resize(attention.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    target = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(np.float32)
-    if rng.random() < 0.5:
-        attention, target = attention[:, ::-1], target[:, ::-1]
-    top, left = rng.integers(0, max(height - size, 0) + 1), rng.integers(0, max(width - size, 0) + 1)
-    attention, target = attention[top:top + size, left:left + size], target[top:top + size, left:left + size]
-    oy, ox = rng.integers(0, size - attention.shape[0] + 1), rng.integers(0, size - attention.shape[1] + 1)
-    canvas = np.zeros((size, size), np.float32)
-    scored = np.full((size, size), -1.0, np.float32)
-    canvas[oy:oy + attention.shape[0], ox:ox + attention.shape[1]] = attention
-    scored[oy:oy + target.shape[0], ox:ox + target.shape[1]] = target
-    return canvas, scored
 
 
 def decoder_predictions(decoder, pairs: Pairs, device: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -107,83 +74,6 @@ def decoder_predictions(decoder, pairs: Pairs, device: str) -> Iterator[tuple[np
                 x = np.stack([pairs.attention[i] for i in chunk]).astype(np.float32)[:, None]
                 probabilities = torch.sigmoid(decoder(torch.from_numpy(x).to(device)))[:, 0].cpu().numpy()
                 yield from zip(probabilities, (pairs.masks[i] for i in chunk))
-
-
-def calibrate_threshold(predictions: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, dict[str, float]]:
-    """The foreground threshold of ``THRESHOLD_GRID`` whose masks (probability >= t) best match the true
-    masks, by IoU pooled over all (probability, mask) pairs; returns it and the IoU at each threshold.
-
-    Cross-entropy fits probabilities, and cutting them at 0.5 maximises pixel accuracy, not IoU: where the
-    attention leaves an object's extent uncertain (the body away from its discriminative part), the
-    probability there stays under 0.5 and a 0.5 cut keeps only the sure core. The threshold is chosen on the
-    stage's own training masks, never on evaluation data.
-    """
-    intersection = np.zeros(len(THRESHOLD_GRID))
-    union = np.zeros(len(THRESHOLD_GRID))
-    for probability, mask in predictions:
-        for k, threshold in enumerate(THRESHOLD_GRID):
-            predicted = probability >= threshold
-            intersection[k] += np.count_nonzero(predicted & mask)
-            union[k] += np.count_nonzero(predicted | mask)
-    iou = intersection / np.maximum(union, 1)
-    return THRESHOLD_GRID[int(iou.argmax())], {str(t): round(float(v), 4) for t, v in zip(THRESHOLD_GRID, iou)}
-
-
-# (module to step, this process's replica, batch of item indices, the epoch's random stream) -> (this
-# process's mean loss on its share of the batch, the share's size)
-BatchLoss = Callable[[Any, Replica, np.ndarray, np.random.Generator], tuple[Any, int]]
-
-
-def fit(model, meta, module, items: int, batch_loss: BatchLoss,
-        predictions: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], out: Path, config: FitSettings,
-        record_name: str, record: dict[str, Any], resume: bool = False) -> Path:
-    """The training loop of train-decoder and adapt: Adam on ``module``'s parameters over ``items`` training
-    items for ``config.epochs``. The full checkpoint is written to ``out`` every epoch with
-    ``meta.extra[record_name]`` = ``record`` + config + history (``--resume`` continues from the last one),
-    and at the end with the foreground threshold calibrated on ``predictions()``, the trained model's
-    (probability, mask) pairs of its training data. Every process draws the whole batch's augmentations, so
-    the random stream does not depend on the number of processes. Returns ``out``."""
-    import torch
-    from tqdm import tqdm
-
-    from .checkpoint import save_checkpoint
-    from .training_state import resume_state, save_state
-
-    replica = join(config.device)
-    torch.manual_seed(config.seed)
-    model.to(replica.device)
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
-    start_epoch, history = resume_state(out, module, optimizer, config, replica.device) if resume else (0, [])
-    extra_before = dict(meta.extra)
-    meta.decoder_trained = True
-
-    def write_checkpoint(**findings: Any) -> None:
-        meta.extra = {**extra_before,
-                      record_name: {**record, "config": dump_config(config), "history": history, **findings}}
-        save_checkpoint(out, model, meta)
-
-    stepped = replica.wrap(module)
-    for epoch in range(start_epoch, config.epochs):
-        module.train()
-        rng = np.random.default_rng([config.seed, epoch])
-        batches = replica.batches(rng.permutation(items), config.batch_size)
-        loss = replica.train_epoch(batches, optimizer, lambda batch, rng=rng: batch_loss(stepped, replica, batch, rng),
-                                   f"epoch {epoch + 1}/{config.epochs}")
-        if replica.is_main:
-            model.eval()
-            history.append({"epoch": epoch + 1, "loss": loss})
-            tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
-            write_checkpoint()
-            save_state(out, module, optimizer, config, epoch + 1, history)
-        replica.wait_for_main()
-    if replica.is_main:
-        model.eval()
-        meta.foreground_threshold, iou = calibrate_threshold(predictions())
-        tqdm.write(f"foreground threshold {meta.foreground_threshold}: IoU {iou[str(meta.foreground_threshold)]:.3f} "
-                   f"with the training masks ({iou['0.5']:.3f} at 0.5)")
-        write_checkpoint(threshold_iou=iou)
-    replica.wait_for_main()
-    return out
 
 
 def fit_decoder(model, meta, pairs: Pairs, out: Path, config: TrainDecoderConfig, record: dict[str, Any],

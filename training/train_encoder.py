@@ -17,6 +17,8 @@ import numpy as np
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
 
+from .augment import augment
+
 
 @dataclass
 class TrainEncoderConfig:
@@ -54,35 +56,6 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
         precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
         aps[c] = precision[hits].mean()
     return aps
-
-
-def augment(image: np.ndarray, size: int, jitter: tuple[float, ...], rng: np.random.Generator,
-            labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Random rescale, flip and a size x size crop (zero padding where the image is smaller). ``labels``, an
-    (H, W) uint8 label map, when given, goes through the same steps (nearest neighbour, padding 255 = void)."""
-    import cv2
-
-    from wsvs.runtime.preprocess import resize_rgb
-
-    scale = rng.uniform(jitter[0], jitter[1]) * size / max(image.shape[:2])
-    height, width = (max(1, round(d * scale)) for d in image.shape[:2])
-    image = resize_rgb(image, (height, width))
-    if labels is not None:
-        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
-        labels = None if labels is None else labels[:, ::-1]
-    top, left = rng.integers(0, max(height - size, 0) + 1), rng.integers(0, max(width - size, 0) + 1)
-    crop = image[top:top + size, left:left + size]
-    oy, ox = rng.integers(0, size - crop.shape[0] + 1), rng.integers(0, size - crop.shape[1] + 1)
-    window = slice(oy, oy + crop.shape[0]), slice(ox, ox + crop.shape[1])
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[window] = crop
-    if labels is None:
-        return canvas, None
-    label_canvas = np.full((size, size), 255, np.uint8)
-    label_canvas[window] = labels[top:top + size, left:left + size]
-    return canvas, label_canvas
 
 
 def evaluate_classifier(model, meta, dataset, device: str) -> dict:
