@@ -41,9 +41,8 @@ class ArchConfig:
     decoder_depth: int = 3  # pool/unpool stages of the deconvolution network
     # Spatial pooling of the class evidence: 0 is global average pooling (the paper's); r > 0 is log-sum-exp
     # pooling, (1/r) log mean exp(r * CAM), between average (r -> 0) and max (r -> inf). Trained from scratch
-    # on small images, a GAP encoder spreads its evidence over the whole frame (measured on the synthetic
-    # world: CAM baseline 7 mIoU with GAP, 20 with r = 1), since nothing rewards locality when every position
-    # sees the whole image.
+    # on small images, a GAP encoder spreads its evidence over the whole frame (benchmarks/RESULTS.md), since
+    # nothing rewards locality when every position sees the whole image.
     lse_sharpness: float = 0.0
 
 

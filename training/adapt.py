@@ -3,13 +3,13 @@
 The model trained on videos labels the weakly annotated training images (§3.4 inference at its foreground
 threshold, with each image's own class labels naming the present classes, since they are known there; pixels
 whose foreground log-odds lie within ``uncertain_margin`` of the threshold's are left void, as the model does not
-know them: measured on the test world, fine-tuning on every pixel lost 0.3 mIoU, on the sure ones gained 4.3); then the
-whole network is fine-tuned on those label maps, as the paper fine-tunes "the network using the generated
+know them: on the test world, fine-tuning on every pixel did worse than on the sure ones, benchmarks/RESULTS.md);
+then the whole network is fine-tuned on those label maps, as the paper fine-tunes "the network using the generated
 annotations as strong supervision": for every present class of an image, the decoder's output on that class's
 multi-scale attention must give the class's pixels (binary cross-entropy), and the encoder keeps its image-level
 loss (Eq. 1), so its class scores, which pick the classes at inference, stay trained. Fine-tuning the encoder is
 what lets the attention itself move toward the labelled regions; a decoder that sees only the attention cannot
-(measured on the demo world: fine-tuning the decoder alone, even on the ground-truth masks, did not beat the
+(on the demo world, fine-tuning the decoder alone, even on the ground-truth masks, did not beat the
 video-trained decoder). The gradient reaches the encoder through the scale-1 attention; the other scales are
 computed without one, which costs a third as much. Images with several classes teach the competition between
 classes that single-class videos never show. The label maps are saved as VOC-palette PNGs in ``<out>/labels/``

@@ -33,7 +33,7 @@ class TrainEncoderConfig:
     train_split: str = "train"
     val_split: str = "val"
     # random rescale range before the crop; none by default: rescaling stalled some classes of the synthetic
-    # world at chance when training from scratch (measured: val mAP 0.82 with (0.7, 1.3) vs 0.97 without)
+    # world at chance when training from scratch (benchmarks/RESULTS.md)
     scale_jitter: tuple[float, ...] = (1.0, 1.0)
     attention_scales: tuple[float, ...] = (0.75, 1.0, 1.5)
     class_threshold: float = 0.5
