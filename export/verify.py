@@ -132,11 +132,12 @@ def decoder_inputs(model: WSVSModel, meta: ModelMetadata, images: np.ndarray) ->
 
 
 def onnxruntime_runner(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
-    import onnxruntime as ort
+    """Run an ONNX graph on the runtime's ONNX Runtime CPU backend (``wsvs.runtime.backends.OnnxRuntimeBackend``),
+    the code that runs it in use; the outputs in the graph's order."""
+    from wsvs.runtime.backends import OnnxRuntimeBackend
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda inputs: session.run(None, {name: inputs})
+    backend = OnnxRuntimeBackend(path)
+    return lambda inputs: list(backend.run(inputs).values())
 
 
 def tensorrt_runner(path: Path, graph: str) -> Callable[[np.ndarray], list[np.ndarray]]:
