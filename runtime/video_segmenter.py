@@ -23,14 +23,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .backends import open_backend, select_backend
 from .contract import GraphMetadata, labels_from_foreground, present_classes
 from .errors import InputError
-from .image_segmenter import network_size
+from .image_segmenter import SizeLimits, restore_size, working_size
 from .io import add_h264_stream, atomic_path, overlay, write_json, write_palette_png
 from .preprocess import normalise, resize_rgb
 from .video_reader import FALLBACK_RATE, VideoReader
@@ -75,10 +74,11 @@ class VideoSegmenter:
 
     ``model``: an export folder or segmenter file (the encoder and decoder graphs sit beside it).
     ``batch``: frames per encoder call. ``long_side``: frames are segmented with their longer side resized
-    to this. ``refine``: "none" (decoder) or "superpixel" (§3.2 graph cut over windows of ``window`` frames).
+    to this (None: the model's training crop size), each side within what the graphs accept. ``refine``:
+    "none" (decoder) or "superpixel" (§3.2 graph cut over windows of ``window`` frames).
     """
 
-    def __init__(self, model: str | Path, backend: str = "auto", batch: int = 4, long_side: int = 320,
+    def __init__(self, model: str | Path, backend: str = "auto", batch: int = 4, long_side: int | None = None,
                  refine: str = "none", window: int = 8, videoseg: VideoSegConfig | None = None,
                  threads: int = 0) -> None:
         if refine not in REFINEMENTS:
@@ -89,8 +89,13 @@ class VideoSegmenter:
         self.decoder = open_backend(model, "decoder", self.encoder.name, threads)
         self.metadata = GraphMetadata.from_props(self.encoder.metadata, self.encoder.path)
         self.batch = min(batch, self.encoder.max_batch or batch)
-        self.long_side, self.refine, self.window = long_side, refine, window
+        self.limits = SizeLimits.of(self.encoder)
+        self.long_side = self.limits.long_side(long_side, self.metadata.input_size, self.encoder.path)
+        self.refine, self.window = refine, window
         self.videoseg = videoseg or VideoSegConfig()
+
+    def describe(self) -> str:
+        return f"{self.encoder.describe()} running {self.encoder.path} and {self.decoder.path.name}"
 
     def encode(self, small: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, C) and multi-scale attention (N, C, H, W) of same-size RGB frames."""
@@ -132,7 +137,7 @@ class VideoSegmenter:
             stream = _LabelledStream(self, out / "masks", OverlayWriter(overlay_path, FALLBACK_RATE))
             for frame in reader:
                 stream.overlays.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
-                stream.add(frame, network_size(*frame.shape[:2], self.long_side, name))
+                stream.add(frame, working_size(*frame.shape[:2], self.long_side, self.limits))
                 progress.update(1)
                 if max_frames is not None and stream.written + len(stream.pending.frames) >= max_frames:
                     break
@@ -194,7 +199,7 @@ class _LabelledStream:
 
     def write(self, frames: list[np.ndarray], labels: np.ndarray) -> None:
         for frame, small_labels in zip(frames, labels):
-            full = cv2.resize(small_labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+            full = restore_size(small_labels, frame.shape[:2])
             write_palette_png(self.masks_dir / f"{self.written:06d}.png", full)
             self.overlays.write(overlay(frame, full))
             self.written += 1
