@@ -116,20 +116,22 @@ def read_image_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
+        # Pillow warns about damaged metadata (and about large images, which the cap below decides): one line of
+        # error per unreadable file is the report, readable pixels are what counts.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below decides
-            image = Image.open(path)
-        with image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InputError(path, f"image is {width}x{height}, {width * height / 1e6:.1f} megapixels, over the "
-                                       f"cap of {max_pixels / 1e6:.1f} (--max-pixels)")
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
-                return cv2.cvtColor(np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
-            if image.mode == "F":
-                raise InputError(path, "unsupported pixel type (floating point)")
-            return np.array(image.convert("RGB"))
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise InputError(path, f"image is {width}x{height}, {width * height / 1e6:.1f} megapixels, "
+                                           f"over the cap of {max_pixels / 1e6:.1f} (--max-pixels)")
+                image.load()
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
+                    gray = np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8)
+                    return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+                if image.mode == "F":
+                    raise InputError(path, "unsupported pixel type (floating point)")
+                return np.array(image.convert("RGB"))
     except Image.DecompressionBombError as exc:
         raise InputError(path, f"declared size is over Pillow's decompression-bomb limit ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unidentified, truncated, broken files

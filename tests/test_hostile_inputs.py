@@ -170,6 +170,7 @@ def test_hostile_videos_are_segmented_or_listed(exported, tmp_path, capsys):
     assert problems["zero.mp4"] in ("has no video stream", "no frame could be decoded")
     assert all(problems[name].startswith("not a readable video") for name in ("text.mp4", "empty.mp4"))
     assert "one.mp4: 1 frames" in out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["one"]  # no empty folders for the bad ones
     masks = list((tmp_path / "out" / "one" / "masks").glob("*.png"))
     assert len(masks) == 1 and read_label_png(masks[0]).shape == (9, 17)
 

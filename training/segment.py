@@ -13,6 +13,7 @@ says which.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                 summary = video_segmenter.segment(video, args.out / video.stem)
             except InputError as exc:
                 report.failed.append(exc)
+                with contextlib.suppress(OSError):
+                    (args.out / video.stem).rmdir()  # only if the failure left it empty
                 continue
             videos_done += 1
             print(f"segment: {video.name}: {summary['frames']} frames at {summary['frames_per_s']:.1f} frames/s "
