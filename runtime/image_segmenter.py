@@ -80,6 +80,23 @@ class Segmenter(Protocol):
         """Labels at each image's own size for (H, W, 3) uint8 RGB images of any sizes."""
 
 
+def check_graph(backend: Backend, inputs: np.ndarray, expected: dict[str, tuple[int, ...]]) -> None:
+    """Run a graph once on blank ``inputs`` of the smallest size and compare its outputs' shapes with ``expected``
+    (by name), so that a graph other than the one expected (other inputs, other outputs) is refused in one line
+    when it is loaded, not with a traceback at the first image."""
+    try:
+        outputs = backend.run(inputs)
+    except Exception as exc:  # each backend raises its own types for inputs a graph does not take
+        shape = "x".join(map(str, inputs.shape))
+        raise InputError(backend.path, f"the graph does not run on a {shape} input ({str(exc).splitlines()[0]})") \
+            from None
+    shapes = {name: getattr(outputs.get(name), "shape", None) for name in expected}
+    if shapes != expected:
+        got = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise InputError(backend.path, f"not the expected graph: outputs {got}, expected "
+                                       f"{', '.join(f'{name} {shape}' for name, shape in expected.items())}")
+
+
 class ImageSegmenter:
     """The end-to-end segmenter graph of an exported model on one backend.
 
@@ -98,24 +115,10 @@ class ImageSegmenter:
         self.batch = min(batch, self.backend.max_batch or batch)
         self.limits = SizeLimits.of(self.backend)
         self.long_side = self.limits.long_side(long_side, self.metadata.input_size, self.backend.path)
-        self._check_outputs()
-
-    def _check_outputs(self) -> None:
-        """Run the graph once on a blank image of the smallest size, so that a graph that is no segmenter
-        (other inputs, other outputs) is refused here in one line, not at the first image."""
         height, width = self.limits.min_height, self.limits.min_width
-        blank = np.zeros((1, height, width, 3), np.uint8)
-        try:
-            outputs = self.backend.run(normalise(blank, self.metadata.mean, self.metadata.std))
-        except Exception as exc:  # each backend raises its own types for inputs a graph does not take
-            raise InputError(self.backend.path, f"the graph does not run on a 1x3x{height}x{width} image "
-                                                f"({str(exc).splitlines()[0]})") from None
         classes = len(self.metadata.class_names)
-        shapes = {name: getattr(outputs.get(name), "shape", None) for name in ("labels", "scores")}
-        if shapes != {"labels": (1, height, width), "scores": (1, classes)}:
-            raise InputError(self.backend.path, f"not a segmenter graph: outputs labels and scores have shapes "
-                                                f"{shapes['labels']} and {shapes['scores']}, expected "
-                                                f"(1, {height}, {width}) and (1, {classes})")
+        blank = normalise(np.zeros((1, height, width, 3), np.uint8), self.metadata.mean, self.metadata.std)
+        check_graph(self.backend, blank, {"labels": (1, height, width), "scores": (1, classes)})
 
     def describe(self) -> str:
         return f"{self.backend.describe()} running {self.backend.path}"

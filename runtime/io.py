@@ -104,6 +104,13 @@ def write_binary_png(path: str | Path, mask: np.ndarray) -> None:
         Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), mode="L").save(tmp, "PNG")
 
 
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """An image or video frame declared larger than ``max_pixels`` is an InputError naming ``path``."""
+    if width * height > max_pixels:
+        raise InputError(path, f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the cap of "
+                               f"{max_pixels / 1e6:.1f} (--max-pixels)")
+
+
 def read_image_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB; gray, alpha, palette, CMYK and 16-bit inputs are converted.
 
@@ -121,10 +128,7 @@ def read_image_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise InputError(path, f"image is {width}x{height}, {width * height / 1e6:.1f} megapixels, "
-                                           f"over the cap of {max_pixels / 1e6:.1f} (--max-pixels)")
+                check_pixels(path, *image.size, max_pixels)
                 image.load()
                 if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
                     gray = np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8)

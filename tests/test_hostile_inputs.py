@@ -110,7 +110,7 @@ def test_hostile_images_are_segmented_or_listed(exported, good_image, tmp_path, 
     assert set(problems) == {"truncated.jpg", "truncated.png", "bomb.png", "bomb.jpg", "hollow.png", "text.jpg",
                              "empty.png", "x.png", "missing.jpg"}
     assert problems["bomb.png"].startswith("declared size is over Pillow's decompression-bomb limit")
-    assert problems["bomb.jpg"] == "image is 10000x10000, 100.0 megapixels, over the cap of 89.5 (--max-pixels)"
+    assert problems["bomb.jpg"] == "10000x10000 is 100.0 megapixels, over the cap of 89.5 (--max-pixels)"
     for name in ("truncated.jpg", "truncated.png", "hollow.png", "text.jpg", "empty.png"):
         assert problems[name].startswith("not a readable image"), name
     assert problems["x.png"] == "is a folder, not an image"
@@ -148,8 +148,8 @@ def test_nothing_segmentable_is_one_line_and_exit_2(exported, good_image, tmp_pa
     code, _, lines = segment([tmp_path / "good.png", "--model", exported, "--out", tmp_path / "out",
                               "--max-pixels", "4000"], capsys)
     assert code == 2
-    assert error_line(lines) == (f"wsvs segment: error: nothing could be segmented: {tmp_path}/good.png: image is "
-                                 "80x60, 0.0 megapixels, over the cap of 0.0 (--max-pixels)")
+    assert error_line(lines) == (f"wsvs segment: error: nothing could be segmented: {tmp_path}/good.png: 80x60 is "
+                                 "0.0 megapixels, over the cap of 0.0 (--max-pixels)")
 
 
 def test_hostile_videos_are_segmented_or_listed(exported, tmp_path, capsys):
@@ -167,12 +167,19 @@ def test_hostile_videos_are_segmented_or_listed(exported, tmp_path, capsys):
     assert lines[0].endswith(f"running {exported}/model.encoder.onnx and model.decoder.onnx")
     problems = skipped(lines)
     assert set(problems) == {"zero.mp4", "truncated.mp4", "text.mp4", "empty.mp4"}
-    assert problems["zero.mp4"] in ("has no video stream", "no frame could be decoded")
+    assert problems["zero.mp4"] == "has no video stream"
+    assert problems["truncated.mp4"] == "the video stream has no codec parameters (a truncated file?)"
     assert all(problems[name].startswith("not a readable video") for name in ("text.mp4", "empty.mp4"))
     assert "one.mp4: 1 frames" in out
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["one"]  # no empty folders for the bad ones
     masks = list((tmp_path / "out" / "one" / "masks").glob("*.png"))
     assert len(masks) == 1 and read_label_png(masks[0]).shape == (9, 17)
+
+    code, _, lines = segment([one, "--model", exported, "--out", tmp_path / "capped", "--max-pixels", "150"], capsys)
+    assert code == 2  # 17x9 = 153 pixels a frame: refused before decoding, nothing written
+    assert error_line(lines) == (f"wsvs segment: error: nothing could be segmented: {one}: 17x9 is 0.0 megapixels, "
+                                 "over the cap of 0.0 (--max-pixels)")
+    assert not (tmp_path / "capped").exists()
 
 
 def bare_checkpoint(exported: Path, folder: Path) -> Path:
@@ -239,9 +246,10 @@ def test_broken_graphs_are_refused_in_one_line(exported, good_image, tmp_path, c
     cases = {
         "truncated.onnx": "ONNX Runtime cannot load the graph",
         segmenter_graph(graphs / "rank3.onnx", 3, ("labels", "scores")).name:
-            "the graph does not run on a 1x3x32x32 image",
+            "the graph does not run on a 1x3x32x32 input",
         segmenter_graph(graphs / "identity.onnx", 4, ("labels",)).name:
-            "not a segmenter graph: outputs labels and scores have shapes (1, 3, 32, 32) and None",
+            "not the expected graph: outputs labels (1, 3, 32, 32), scores None, expected labels (1, 32, 32), "
+            "scores (1, 2)",
     }
     for name, problem in cases.items():
         code, _, lines = segment([tmp_path / "good.png", "--model", graphs / name, "--out", tmp_path / "out"],

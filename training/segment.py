@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"segment: {len(report.written)} label maps (VOC palette) and overlays in {args.out}")
     videos_done = 0
     if videos:
-        video_segmenter = VideoSegmenter(model, backend, args.batch, args.long_side, args.refine, args.window)
+        video_segmenter = VideoSegmenter(model, backend, args.batch, args.long_side, args.refine, args.window,
+                                         max_pixels=args.max_pixels)
         print(f"segment: {video_segmenter.describe()}", file=sys.stderr)
         for video in videos:
             try:
@@ -222,7 +223,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "what the graph (an engine's profile) accepts; label maps come back at the input's size "
                    "(default: the model's training crop size)")
     p.add_argument("--max-pixels", dest="max_pixels", type=int, default=MAX_PIXELS,
-                   help="refuse images whose header declares more pixels than this, before decoding them "
+                   help="refuse images and videos whose header declares more pixels (per frame) than this, "
+                   "before decoding them "
                    f"(decompression bombs; default {MAX_PIXELS}, Pillow's warning level)")
     p.add_argument("--refine", choices=REFINEMENTS, default="none",
                    help="videos: 'superpixel' replaces the decoder by the §3.2 graph cut over a sliding window")
