@@ -22,7 +22,9 @@ import numpy as np
 
 from wsvs.runtime.contract import labels_from_foreground
 from wsvs.runtime.errors import InputError
+from wsvs.runtime.image_segmenter import Segmentation, SizeLimits, restore_size, working_size
 from wsvs.runtime.io import MAX_PIXELS, VIDEO_SUFFIXES
+from wsvs.runtime.preprocess import resize_rgb
 
 
 def segment_images(model, meta, images: np.ndarray, present: np.ndarray | None = None,
@@ -97,8 +99,6 @@ class EagerSegmenter:
     batch = 1
 
     def __init__(self, model_dir: Path, long_side: int | None = None) -> None:
-        from wsvs.runtime.image_segmenter import SizeLimits
-
         from .checkpoint import checkpoint_files, load_checkpoint
 
         self.model, self.meta = load_checkpoint(model_dir)
@@ -115,10 +115,7 @@ class EagerSegmenter:
 
         return f"{EAGER} (PyTorch {torch.__version__}) running {self.path}"
 
-    def segment(self, images: list[np.ndarray]) -> list:
-        from wsvs.runtime.image_segmenter import Segmentation, restore_size, working_size
-        from wsvs.runtime.preprocess import resize_rgb
-
+    def segment(self, images: list[np.ndarray]) -> list[Segmentation]:
         results = []
         for image in images:
             size = working_size(*image.shape[:2], self.long_side, self.limits)
