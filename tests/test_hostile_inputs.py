@@ -138,9 +138,11 @@ def test_nothing_segmentable_is_one_line_and_exit_2(exported, good_image, tmp_pa
     assert f"; {tmp_path}/empty.png: not a readable image" in line
     assert not (tmp_path / "out").exists()
 
-    # The same in a process of its own: exit 2, one line, no traceback.
-    result = subprocess.run([sys.executable, "-m", "wsvs.runtime.cli", "segment", *map(str, argv)],
-                            capture_output=True, text=True)
+    # The same in a process of its own where torch cannot be imported: exit 2, one line, no traceback.
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from wsvs.runtime.cli import main\n"
+            f"sys.exit(main({['segment', *map(str, argv)]!r}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert error_line([line.rsplit("\r", 1)[-1] for line in result.stderr.split("\n")]) == line
 
