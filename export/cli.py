@@ -74,7 +74,8 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     import shutil
 
     from wsvs.runtime import cuda_api
-    from wsvs.training.checkpoint import load_checkpoint
+    from wsvs.runtime.contract import checkpoint_digest
+    from wsvs.training.checkpoint import checkpoint_files, load_checkpoint
 
     from . import onnx_export, quantize, tensorrt_build, verify
 
@@ -82,6 +83,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     if config.precision not in PRECISIONS:
         raise InputError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     model, meta = load_checkpoint(model_path)
+    digest = checkpoint_digest(checkpoint_files(model_path)[0].parent)
     side = meta.input_size
     profile = tensorrt_build.ShapeProfile(tuple(config.min_shapes), tuple(config.opt_shapes or (1, 3, side, side)),
                                           tuple(config.max_shapes))
@@ -102,7 +104,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     with output_files([path for _, path in graphs.items()]) as temporary, \
             tempfile.TemporaryDirectory(prefix="wsvs-export-") as scratch:
         fp32 = onnx_export.GraphPaths.beside(Path(scratch) / "model.onnx")
-        onnx_export.export_onnx(model, meta, fp32, config.opset, top_k)
+        onnx_export.export_onnx(model, meta, fp32, config.opset, top_k, digest)
         calibration = (None if config.precision != "int8" else verify.folder_images(
             calib, config.calibration_images, height, width))
         for graph, target in graphs.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cuda_api
+from .contract import check_exported_from
 from .errors import InputError
 from .io import read_json
 
@@ -45,6 +46,7 @@ class Backend(ABC):
     path: Path
     metadata: dict[str, str]  # the graph's metadata_props as strings: contract.GraphMetadata.from_props parses them
     max_batch: int | None = None  # the largest batch one call accepts; None: any
+    profile: tuple[tuple[int, ...], ...] | None = None  # an engine's (min, opt, max) input shapes; None: any
     selection: str = ""  # why "auto" chose this backend (empty when it was named)
 
     @abstractmethod
@@ -172,12 +174,16 @@ class TensorRTBackend(Backend):
 
 
 def open_backend(model: str | Path, graph: str, name: str, threads: int = 0) -> Backend:
-    """Load ``graph`` of ``model`` on the backend ``name`` (one of BACKENDS)."""
+    """Load ``graph`` of ``model`` on the backend ``name`` (one of BACKENDS). A graph beside a checkpoint other
+    than the one it was exported from is refused (``contract.check_exported_from``)."""
     if name == "tensorrt":
-        return TensorRTBackend(graph_file(model, graph, ".engine"))
-    if name in _ORT_PROVIDERS:
-        return OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), name, threads)
-    raise InputError(None, f"unknown backend {name!r} (choose auto, {', '.join(BACKENDS)})")
+        backend: Backend = TensorRTBackend(graph_file(model, graph, ".engine"))
+    elif name in _ORT_PROVIDERS:
+        backend = OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), name, threads)
+    else:
+        raise InputError(None, f"unknown backend {name!r} (choose auto, {', '.join(BACKENDS)})")
+    check_exported_from(backend.path, backend.metadata)
+    return backend
 
 
 def select_backend(name: str, model: str | Path, graph: str = "segmenter", threads: int = 0) -> Backend:

@@ -16,7 +16,7 @@ from torch import nn
 from wsvs.export import cli, onnx_export, quantize, verify
 from wsvs.export.tensorrt_build import ShapeProfile, parse_shape
 from wsvs.runtime import backends
-from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground, present_classes
+from wsvs.runtime.contract import ArchConfig, ModelMetadata, checkpoint_digest, labels_from_foreground, present_classes
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_image_rgb
 from wsvs.runtime.metrics import ConfusionMatrix
@@ -68,10 +68,11 @@ def loaded(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def fp32_graphs(loaded, tmp_path_factory) -> onnx_export.GraphPaths:
+def fp32_graphs(checkpoint, loaded, tmp_path_factory) -> onnx_export.GraphPaths:
     model, meta = loaded
     paths = onnx_export.GraphPaths.beside(tmp_path_factory.mktemp("onnx") / "model.onnx")
-    onnx_export.export_onnx(model, meta, paths, opset=17, top_k=TOP_K)
+    onnx_export.export_onnx(model, meta, paths, opset=17, top_k=TOP_K,
+                            checkpoint_sha256=checkpoint_digest(checkpoint))
     return paths
 
 
@@ -104,7 +105,8 @@ def trained(decoder_dir, tmp_path_factory) -> tuple[WSVSModel, ModelMetadata, on
     """The small world's video-trained checkpoint and its fp32 graphs."""
     model, meta = load_checkpoint(decoder_dir)
     graphs = onnx_export.GraphPaths.beside(tmp_path_factory.mktemp("trained_onnx") / "model.onnx")
-    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
+    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K,
+                            checkpoint_sha256=checkpoint_digest(decoder_dir))
     return model, meta, graphs
 
 
@@ -444,7 +446,8 @@ def test_log_sum_exp_pooling_exports_for_every_input_size(tmp_path):
     model = WSVSModel(arch).eval()
     meta = ModelMetadata(class_names=["ant", "bee", "cat"], arch=arch)
     graphs = onnx_export.GraphPaths.beside(tmp_path / "model.onnx")
-    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
+    digest = checkpoint_digest(save_checkpoint(tmp_path, model, meta))
+    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K, checkpoint_sha256=digest)
     for path in (graphs.segmenter, graphs.encoder):  # both graphs give the class scores first
         for shape in ((1, 64, 64), (2, 97, 131)):
             images = images_of(shape, meta)

@@ -216,14 +216,18 @@ def adapt_stage(run: PipelineRun) -> dict:
 
 def evaluate_stage(run: PipelineRun) -> dict:
     """§5: the decoder and the adapted model on the val split, with overlays."""
+    from wsvs.runtime.image_segmenter import segment_files
+
     from .evaluate import evaluate_model
-    from .segment import segment_files
+    from .segment import EagerSegmenter
 
     def work(folder: Path) -> dict:
         results = {}
         for name in ("decoder", "adapt"):
             results[name] = evaluate_model(run.out / name, run.data, run.config.evaluate)
-            segment_files(run.out / name, run.shown, folder / "overlays" / name)
+            skipped = segment_files(EagerSegmenter(run.out / name), run.shown, folder / "overlays" / name).failed
+            if skipped:
+                raise skipped[0]
         return results
 
     return run_stage(run.out, "evaluate", {"decoder": run.records["decoder"]["key"],
