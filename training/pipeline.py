@@ -168,7 +168,9 @@ def crawl_stage(run: PipelineRun) -> dict:
         with LoopbackServer() as server:
             pages = serve_world_videos(server, run.world / "web")
             write_json(folder / "pages.json", pages)
-            settings = replace(settings, source="pages", pages=folder / "pages.json")
+            # Our own server: no pacing.
+            settings = replace(settings, source="pages", pages=folder / "pages.json", sleep_requests_s=0.0,
+                               min_sleep_download_s=0.0, max_sleep_download_s=0.0)
             return {"summary": crawl(settings, attention.scores, attention.class_names)}
 
     return run_stage(run.out, "crawl", {"encoder": run.records["encoder"]["key"], "world": run.data_key,
