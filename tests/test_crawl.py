@@ -282,7 +282,7 @@ def test_a_rate_limit_and_a_bot_check_lose_nothing(shared_data: Path, tmp_path: 
         start = time.monotonic()
         message = crawl_incomplete(config)
         assert time.monotonic() - start >= 1.0
-        assert message.startswith("stopped at class 'bird': ") and "429" in message
+        assert message.startswith("stopped at class 'bird': blocked by the site") and "429" in message
         blocked_requests = len(server.requests) - 8
         assert 2 <= blocked_requests <= 6  # the first refusal, its retry, and the other worker's: then it stops
         assert network_rejections(config.out) == {}
@@ -300,7 +300,7 @@ def test_a_rate_limit_and_a_bot_check_lose_nothing(shared_data: Path, tmp_path: 
         capsys.readouterr()
         assert main(argv) == 3
         error = capsys.readouterr().err.splitlines()[-1]
-        assert error.startswith("wsvs crawl: incomplete: stopped at class 'bird': ") and "not a bot" in error
+        assert error.startswith("wsvs crawl: incomplete: stopped at class 'bird': blocked") and "not a bot" in error
         assert error.endswith("finished work is kept, resume with: wsvs " + " ".join(argv))
         assert network_rejections(config.out) == {}
 
@@ -482,7 +482,8 @@ def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
     with LoopbackServer() as server:
         pages = serve_world_videos(server, web)
         config = CrawlConfig(classes=tuple(listing), out=tmp_path / "out", source="pages",
-                             pages=write_pages(tmp_path / "pages.json", pages), window=1.0, timeout_s=5.0)
+                             pages=write_pages(tmp_path / "pages.json", pages), window=1.0, timeout_s=5.0,
+                             sleep_requests_s=0.0, min_sleep_download_s=0.0, max_sleep_download_s=0.0)
         summary = crawl(config, attention.scores, attention.class_names)
     records = read_manifest(config.out / "manifest.jsonl")
     relevant = [(c, v["id"]) for c, videos in listing.items() for v in videos if v["relevant"]]

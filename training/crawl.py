@@ -704,7 +704,8 @@ def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> di
     except CrawlStopError as exc:
         # A block is on the address, not the class: the classes after it would meet it too.
         network.stopped.set()
-        stop = f"stopped at class {class_name!r}: {_one_line(exc)}"
+        cause = "blocked by the site (wait until it lifts, or use --proxy): " if isinstance(exc, BlockedError) else ""
+        stop = f"stopped at class {class_name!r}: {cause}{_one_line(exc)}"
     finally:
         # On a stop, an error or Ctrl-C stop at once: queued videos are resumed by the next run.
         pool.shutdown(wait=True, cancel_futures=True)
