@@ -371,6 +371,24 @@ def test_requests_are_paced_and_go_through_the_proxy_with_the_cookies(shared_dat
         crawl(config, brightness_scorer, CLASSES)
 
 
+@pytest.mark.parametrize(("message", "kind"), [
+    # yt-dlp's YouTube extractor, relaying YouTube's playability status to a guest it takes for a bot
+    ("download: [youtube] dQw4w9WgXcQ: Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser or "
+     "--cookies for the authentication.", crawl_module.BlockedError),
+    ("download: unable to download video data: HTTP Error 429: Too Many Requests", crawl_module.BlockedError),
+    ("download: [download] Got error: HTTP Error 503: Service Unavailable", crawl_module.TransientError),
+    ("download: [download] Got error: HTTPConnectionPool(host='x', port=1): Read timed out.",
+     crawl_module.TransientError),
+    ("download: [generic] x: Unable to download webpage: HTTP Error 404: Not Found", crawl_module.RejectionError),
+    ("download: [youtube] x: Video unavailable. This video is private", crawl_module.RejectionError),
+])
+def test_yt_dlp_messages_are_classified(tmp_path: Path, message: str, kind: type) -> None:
+    """yt-dlp reports some failures only as text (its downloader keeps no exception once it gives up)."""
+    network = crawl_module._Network(small_config(tmp_path, tmp_path / "pages.json"), None)
+    failure = crawl_module._ytdlp_failure("download", Exception(message.removeprefix("download: ")), network)
+    assert type(failure) is kind and str(failure) == message
+
+
 def test_youtube_needs_a_recent_deno(tmp_path: Path) -> None:
     deno = find_js_runtime(None)  # the `deno` package of the crawl extra
     assert deno.is_file()

@@ -334,7 +334,8 @@ def _read_cookies(path: Path) -> str:
 def _retrying(request: Callable[[], T], network: _Network) -> T:
     """``request()``, tried again ``retries`` times after a transient failure or a block: after the wait the server
     asked for (Retry-After, at most ``max_wait_s``), else an exponential backoff; every worker waits."""
-    for attempt in itertools.count():
+    attempt = 0
+    while True:
         try:
             return request()
         except (TransientError, BlockedError) as exc:
@@ -342,7 +343,7 @@ def _retrying(request: Callable[[], T], network: _Network) -> T:
                 raise
             wait = _backoff(attempt) if exc.retry_after is None else exc.retry_after
             network.hold(min(wait, network.config.max_wait_s))
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 def _ytdlp_failure(step: str, exc: Exception, network: _Network, page: str | None = None) -> Exception:
