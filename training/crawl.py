@@ -63,6 +63,9 @@ TRANSIENT_TEXT = re.compile(r"timed out|Connection (?:refused|reset|aborted)|Fai
                             r"Remote end closed|IncompleteRead", re.IGNORECASE)
 DENO_MIN_VERSION = (2, 3)  # the oldest Deno yt-dlp runs YouTube's player JavaScript with
 CRAWL_EXTRA_HINT = "install the crawl extra: pip install 'wsvs[crawl]'"
+# CrawlConfig fields of how the crawl uses the network, not of what it keeps: a rerun with other values resumes.
+NETWORK_SETTINGS = ("max_wait_s", "sleep_requests_s", "min_sleep_download_s", "max_sleep_download_s",
+                    "max_requests", "cookies", "proxy", "js_runtime")
 
 
 @dataclass
@@ -431,13 +434,12 @@ def _unique_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def list_videos(
-    class_name: str, pages: list[str], pool: ThreadPoolExecutor, network: _Network
+    class_name: str, config: CrawlConfig, pages: list[str], pool: ThreadPoolExecutor, network: _Network
 ) -> list[dict[str, Any]]:
     """The class's candidate videos, from the saved listing when the same search was done before.
 
     A listing that a network failure leaves incomplete stops the crawl (and is not saved): the rerun lists again.
     """
-    config = network.config
     path = config.out / "listings" / f"{class_name}.json"
     query = {"source": config.source, "max_videos": config.max_videos, "pages": pages}
     if path.exists():
@@ -691,7 +693,7 @@ def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> di
     try:
         for class_name in config.classes:
             network.check_budget()
-            videos = list_videos(class_name, pages.get(class_name, []), pool, network)
+            videos = list_videos(class_name, config, pages.get(class_name, []), pool, network)
             listed[class_name] = len(videos)
             todo = [v for v in videos if (manifest.get(class_name, v["id"]) or {}).get("state")
                     not in ("done", "rejected")]
