@@ -391,7 +391,10 @@ def test_yt_dlp_messages_are_classified(tmp_path: Path, message: str, kind: type
 
 def test_youtube_needs_a_recent_deno(tmp_path: Path) -> None:
     deno = find_js_runtime(None)  # the `deno` package of the crawl extra
-    assert deno.is_file()
+    network = crawl_module._Network(CrawlConfig(out=tmp_path), deno)
+    with network.ytdlp(crawl_module._YtdlpLog()) as ydl:
+        runtime = ydl._js_runtimes["deno"].info  # what yt-dlp's YouTube extractor runs its challenges with
+    assert runtime.path == str(deno) and runtime.supported and runtime.version_tuple >= (2, 3)
     old = tmp_path / "deno"
     old.write_text("#!/bin/sh\necho 'deno 1.46.3 (stable, release, x86_64-unknown-linux-gnu)'\n")
     old.chmod(0o755)
