@@ -359,12 +359,16 @@ def test_requests_are_paced_and_go_through_the_proxy_with_the_cookies(shared_dat
         serve_clips(server, shared_data / "videos", CLIPS)
         # Pages on a host only the proxy (the loopback server) serves: nothing is resolved or fetched directly.
         pages = write_pages(tmp_path / "pages.json", {"bird": [f"http://videos.example/p/{n}.html" for n in CLIPS]})
-        config = small_config(tmp_path / "out", pages, sleep_requests_s=0.1, proxy=server.url(""), cookies=cookies)
-        start = time.monotonic()
+        config = small_config(tmp_path / "out", pages, sleep_requests_s=0.25, min_sleep_download_s=2.0,
+                              max_sleep_download_s=2.0, proxy=server.url(""), cookies=cookies)
         summary = crawl(config, brightness_scorer, CLASSES)
-        elapsed = time.monotonic() - start
     assert summary["bird"]["kept"] == 3 and len(server.requests) == 16
-    assert elapsed >= 0.1 * (len(server.requests) - 1)
+    # Two workers, one pace: requests start at least 0.25 s apart (the server sees them a connection set-up later:
+    # 0.05 s of slack), video downloads 2 s (a download's media request waits for its page request's turn: two
+    # request turns of slack). Unpaced, the 16 requests span about 2 s and the 3 videos 0.5 s.
+    assert server.times[-1] - server.times[0] >= 0.25 * 15 - 0.05
+    videos = [t for t, path in zip(server.times, server.requests, strict=True) if path.startswith("/v/")]
+    assert len(videos) == 3 and videos[-1] - videos[0] >= 2.0 * 2 - 2 * 0.25
     assert server.cookies == ["session=abc123"] * 16  # yt-dlp's requests and the thumbnails'
     cookies.write_text("not a cookies file\n")
     with pytest.raises(InputError, match=r"cookies\.txt: not a readable Netscape cookies file"):

@@ -29,6 +29,7 @@ import io
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -90,7 +91,7 @@ class CrawlConfig:
     max_wait_s: float = 300.0  # the longest wait before a retry (a longer Retry-After is cut to this)
     # Pacing, yt-dlp's maintainers' advice for YouTube (`yt-dlp -t sleep`): guests get about 300 videos an hour.
     sleep_requests_s: float = 0.75  # between two requests of the crawl (all workers together)
-    min_sleep_download_s: float = 10.0  # before each video download, a random time in [min, max]
+    min_sleep_download_s: float = 10.0  # between two video downloads (all workers together), random in [min, max]
     max_sleep_download_s: float = 20.0
     max_requests: int | None = None  # requests of one run; when spent the crawl stops (rerun to go on)
     cookies: Path | None = None  # Netscape cookies file for yt-dlp and thumbnails (an account risks a ban)
@@ -252,8 +253,9 @@ def _failure(message: str, status: int | None = None, retry_after: float | None 
 
 
 class _Network:
-    """Every request of the crawl, yt-dlp's included: one at a time at most every ``sleep_requests_s`` (all workers
-    together), counted against ``max_requests``, through ``proxy``, with ``cookies``.
+    """Every request of the crawl, yt-dlp's included: at most one every ``sleep_requests_s`` and one video download
+    every ``min..max_sleep_download_s`` (all workers together, as one yt-dlp with the maintainers' pacing would
+    go), counted against ``max_requests``, through ``proxy``, with ``cookies``.
 
     ``stopped`` is set once the crawl stops: requests under way end, none is retried.
     """
@@ -266,6 +268,7 @@ class _Network:
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._next = 0.0  # time.monotonic() before which no request starts
+        self._next_download = 0.0  # and no video download
         self._cookies = _read_cookies(config.cookies) if config.cookies is not None else None
         self._options = {
             "quiet": True,
@@ -301,6 +304,14 @@ class _Network:
             start = max(now, self._next)
             self._next = start + self.config.sleep_requests_s
             self.requests += 1
+        time.sleep(start - now)
+
+    def wait_download_turn(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_download)
+            self._next_download = start + random.uniform(self.config.min_sleep_download_s,
+                                                         self.config.max_sleep_download_s)
         time.sleep(start - now)
 
     def hold(self, seconds: float) -> None:
@@ -506,14 +517,13 @@ def download_video(page: str, video_id: str, folder: Path, network: _Network) ->
         "outtmpl": str(partial / f"{video_id}.%(ext)s"),
         "max_filesize": int(config.max_filesize_mb * 1e6),
         "match_filter": yt_dlp.utils.match_filter_func(f"duration <=? {config.max_duration_s}"),
-        "sleep_interval": config.min_sleep_download_s,
-        "max_sleep_interval": config.max_sleep_download_s,
         "continuedl": False,
     }
 
     def request() -> Path:
         for stale in partial.glob(f"{video_id}.*"):  # ids hold no dots: this matches this video only
             stale.unlink()
+        network.wait_download_turn()
         try:
             with network.ytdlp(log, **options) as ydl:
                 info = ydl.extract_info(page, download=True)

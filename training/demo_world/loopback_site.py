@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +32,8 @@ class Outage:
 class LoopbackServer:
     """Serve ``routes`` (path -> (body, content type)) on an ephemeral port of 127.0.0.1 in a thread.
 
-    ``requests`` logs the path of every request in arrival order, ``cookies`` its Cookie header ("" without). As a
+    ``requests`` logs the path of every request in arrival order, ``times`` its arrival (time.monotonic()),
+    ``cookies`` its Cookie header ("" without). As a
     proxy (absolute URLs in requests) it serves its routes for any host. A path in ``stalled`` gets its
     status line and headers, then nothing until the server closes, as a server that hangs mid-transfer.
     ``fail_after`` starts an outage after a number of requests, ``recover`` ends it. Use as a context manager.
@@ -41,8 +43,10 @@ class LoopbackServer:
         self.routes: dict[str, tuple[bytes, str]] = {}
         self.stalled: set[str] = set()
         self.requests: list[str] = []
+        self.times: list[float] = []
         self.cookies: list[str] = []
         self._outage: tuple[int, Outage] | None = None  # (requests served normally before it, the outage)
+        self._log_lock = threading.Lock()
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -60,8 +64,10 @@ class LoopbackServer:
 
             def _respond(self, with_body: bool) -> None:
                 path = urlsplit(self.path).path
-                server.cookies.append(self.headers.get("Cookie", ""))
-                server.requests.append(path)
+                with server._log_lock:
+                    server.times.append(time.monotonic())
+                    server.cookies.append(self.headers.get("Cookie", ""))
+                    server.requests.append(path)
                 outage = server._outage
                 if outage is not None and len(server.requests) > outage[0]:
                     self._answer_outage(outage[1], with_body)
