@@ -5,8 +5,9 @@ It lives in the torch-free runtime, which every install has. The commands come f
 taking the parsed arguments and returning an exit code. Those modules are imported when the parser is built and
 import torch only inside ``func``, so ``wsvs --help`` and parsing never import torch; a module that cannot be
 imported gets a placeholder command that says so in one line (exit 2), and a command that needs PyTorch where it
-is not installed says so in one line (exit 2) instead of a traceback. ``wsvs segment`` and ``wsvs bench`` on
-exported graphs need no torch.
+is not installed says so in one line (exit 2) instead of a traceback. A command that stops early but keeps its
+finished work (IncompleteError: a crawl blocked by a rate limit) says why in one line with the command that
+resumes it, and exits 3. ``wsvs segment`` and ``wsvs bench`` on exported graphs need no torch.
 
 Vocabulary shared by every command: ``--model`` is the input model (a checkpoint folder, or an exported graph
 file where the command runs graphs), ``--out`` the output, ``--batch`` an inference batch size (a comma list

@@ -784,7 +784,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--window", type=float, help="seconds kept on each side of a key-frame (default 2)")
     parser.add_argument("--workers", type=int, help="videos processed at once (default 4)")
     parser.add_argument("--sleep-requests", type=float, help="seconds between two requests (default 0.75); "
-                        "the wait before each download is min/max_sleep_download_s in --config (default 10-20)")
+                        "the wait between two downloads is min/max_sleep_download_s in --config (default 10-20)")
     parser.add_argument("--max-requests", type=int, help="request budget of this run: stop when spent (resumable)")
     parser.add_argument("--cookies", type=Path, help="Netscape cookies file for yt-dlp and thumbnails "
                         "(an account's cookies risk a ban of the account)")
