@@ -156,7 +156,7 @@ def eval_cam_stage(run: PipelineRun) -> dict:
 def crawl_stage(run: PipelineRun) -> dict:
     """§4: the configured source, or the world's videos served as web pages on 127.0.0.1."""
     from .cam import FrameAttention
-    from .crawl import crawl
+    from .crawl import NETWORK_SETTINGS, crawl
     from .demo_world.loopback_site import LoopbackServer, serve_world_videos
 
     def work(folder: Path) -> dict:
@@ -168,11 +168,14 @@ def crawl_stage(run: PipelineRun) -> dict:
         with LoopbackServer() as server:
             pages = serve_world_videos(server, run.world / "web")
             write_json(folder / "pages.json", pages)
-            settings = replace(settings, source="pages", pages=folder / "pages.json")
+            # Our own server: no pacing.
+            settings = replace(settings, source="pages", pages=folder / "pages.json", sleep_requests_s=0.0,
+                               min_sleep_download_s=0.0, max_sleep_download_s=0.0)
             return {"summary": crawl(settings, attention.scores, attention.class_names)}
 
     return run_stage(run.out, "crawl", {"encoder": run.records["encoder"]["key"], "world": run.data_key,
-                                        "crawl": dump_config(run.config.crawl)}, work)
+                                        "crawl": {k: v for k, v in dump_config(run.config.crawl).items()
+                                                  if k not in NETWORK_SETTINGS}}, work)
 
 
 def segment_videos_stage(run: PipelineRun) -> dict:
