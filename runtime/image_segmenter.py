@@ -79,7 +79,7 @@ class ImageSegmenter:
         for group in groups:
             height, width = sizes[group[0]]
             batch = np.stack([resize_rgb(images[i], (height, width)) for i in group])
-            outputs = self.backend.run(normalise(batch, self.metadata.mean, self.metadata.std))
+            outputs = self.backend.run(normalise(batch, self.metadata.mean, self.metadata.std), ("labels", "scores"))
             for i, labels, scores in zip(group, outputs["labels"], outputs["scores"]):
                 labels = labels.astype(np.uint8)
                 if labels.shape != images[i].shape[:2]:
