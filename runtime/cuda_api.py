@@ -54,7 +54,7 @@ def nvrtc():
 
 
 def native_handle(value) -> int:
-    """The address or handle that a cuda-python object (stream, device pointer, context) wraps, as an int.
+    """The handle that a cuda-python handle object (a stream, event or context) wraps, as an int.
 
     cuda-bindings 13 deprecates ``int(object)`` for this in favour of ``cuda.bindings.utils.get_cuda_native_handle``,
     which older cuda-bindings 12 releases lack.
@@ -161,7 +161,7 @@ class Stream:
         """A device buffer of ``nbytes``, freed by ``close``."""
         pointer = check(self._api.cudaMalloc(nbytes))
         self._buffers.append(pointer)
-        return int(pointer)  # cudaMalloc returns a plain int
+        return int(pointer)
 
     def to_device(self, pointer: int, array: np.ndarray) -> None:
         """Enqueue the copy of the contiguous ``array`` into the buffer at ``pointer``."""
