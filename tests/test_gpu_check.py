@@ -71,3 +71,22 @@ def test_report_of_a_gpu_run(gpu_check):
     assert "needs the module av" in text and "CuPy 14.2.0 copyto): 4.16 TB/s" in text
     expected = "gpu_check_NVIDIA-H200_driver-580.159.04_torch-2.11.0+cu130_cuda-bindings-13.3.1"
     assert gpu_check.result_name(env) == expected
+
+
+def test_backend_parity_rows_fail_when_labels_differ(gpu_check, tmp_path):
+    """The ort-cuda and tensorrt steps' comparison with the torch labels, run here on ONNX Runtime's CPU provider."""
+    import numpy as np
+    from test_gpu_environment import write_tiny_model
+
+    from wsvs.runtime.backends import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(write_tiny_model(tmp_path) / "model.onnx")
+    check = object.__new__(gpu_check.ModelCheck)  # without torch and CUDA: only the comparison is under test
+    check.inputs = [np.random.default_rng(0).standard_normal((2, 3, 16, 24), dtype=np.float32)]
+    check.references = [backend.run(check.inputs[0], ("labels",))["labels"]]
+    same = check.backend_rows(backend)
+    assert same["status"] == "passed" and same["rows"][0]["labels_equal"] == 1.0 and same["rows"][0]["ms"] > 0
+    check.references[0] = check.references[0].copy()
+    check.references[0][0, :4] = (check.references[0][0, :4] + 1) % 3  # 4 of 32 rows: 12.5% of the labels
+    differ = check.backend_rows(backend)
+    assert differ["status"] == "failed" and differ["reason"] == "[2, 3, 16, 24]: labels equal on 87.5000%"
