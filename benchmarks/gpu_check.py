@@ -3,10 +3,11 @@
     make gpu-check [PYTHON=python3] [GPU_CHECK_OUT=benchmarks/results]
     python3 benchmarks/gpu_check.py [--out DIR] [--batches 1 8 32 128]
 
-Runs with the interpreter it is started with (a CUDA PyTorch environment with cuda-bindings will do; CuPy,
-onnxruntime-gpu and TensorRT are used where present) and installs nothing, reaching no network: the repo's
-packages are imported from this tree through a temporary folder of links laid out as ``wsvs`` (pyproject's
-package-dir), also in the child processes (PYTHONPATH). Meant to finish in under 5 minutes on a bare machine.
+Runs with the interpreter it is started with and installs nothing, reaching no network: the repo's packages are
+imported from this tree through a temporary folder of links laid out as ``wsvs`` (pyproject's package-dir), also
+in the child processes (PYTHONPATH). It needs numpy, OpenCV and Pillow (the runtime's modules import them) and
+pytest; the GPU steps cuda-bindings with an NVRTC library (a wheel or a CUDA toolkit's) and a CUDA PyTorch for
+the model; CuPy, onnx, onnxruntime-gpu and TensorRT are used where present. Meant to finish in under 5 minutes.
 
 Steps, each recorded as passed, failed or skipped with its reason:
 
@@ -25,7 +26,8 @@ Writes ``gpu_check_<device>_<versions>.json`` and ``.md`` into DIR (default benc
 without an NVIDIA GPU it still writes them, saying so, with the GPU steps skipped.
 
 Exit status: 0 when every step that could run passed (also without a GPU); 1 when a step failed or a GPU test
-was skipped for want of a GPU although nvidia-smi lists one.
+was skipped for want of a GPU although nvidia-smi lists one; 2 when the interpreter lacks a module the check
+needs (named in one line).
 """
 
 from __future__ import annotations
@@ -340,9 +342,10 @@ class ModelCheck:
 
     def ort_cuda(self, folder: Path) -> dict:
         try:
+            import onnx  # noqa: F401  (the model's export)
             import onnxruntime
-        except ImportError:
-            return skipped("onnxruntime is not installed")
+        except ImportError as error:
+            return skipped(f"{error.name} is not installed")
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             return skipped(f"onnxruntime {onnxruntime.__version__} has no CUDA provider (onnxruntime-gpu is not "
                            "installed)")
@@ -352,10 +355,10 @@ class ModelCheck:
 
     def tensorrt(self, folder: Path) -> dict:
         try:
+            import onnx
             import tensorrt  # noqa: F401
-        except ImportError:
-            return skipped("tensorrt is not installed")
-        import onnx
+        except ImportError as error:
+            return skipped(f"{error.name} is not installed")
 
         from wsvs.export import onnx_export, tensorrt_build
         from wsvs.runtime.backends import TensorRTBackend
@@ -453,7 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     gpus = gpu_names()
     with tempfile.TemporaryDirectory(prefix="wsvs-gpu-check-") as folder:
         link_packages(Path(folder))
-        env = environment(gpus)
+        try:
+            env = environment(gpus)
+        except ImportError as error:
+            print(f"gpu-check: {sys.executable} lacks the module {error.name}, which the check needs")
+            return 2
         print("\n".join(env["doctor"]), flush=True)
         result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "gpu_present": bool(gpus),
                   "environment": env, "steps": run_steps(args, gpus)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,3 +91,13 @@ def test_backend_parity_rows_fail_when_labels_differ(gpu_check, tmp_path):
     check.references[0][0, :4] = (check.references[0][0, :4] + 1) % 3  # 4 of 32 rows: 12.5% of the labels
     differ = check.backend_rows(backend)
     assert differ["status"] == "failed" and differ["reason"] == "[2, 3, 16, 24]: labels equal on 87.5000%"
+
+
+def test_an_interpreter_without_opencv_is_told_so_in_one_line(tmp_path):
+    code = ("import runpy, sys; sys.modules['cv2'] = None; "  # what Python does where OpenCV is not installed
+            f"sys.argv = ['gpu_check.py', '--out', {str(tmp_path)!r}]; "
+            f"runpy.run_path({str(REPO / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == f"gpu-check: {sys.executable} lacks the module cv2, which the check needs\n"
+    assert not list(tmp_path.iterdir())
