@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -323,3 +324,77 @@ def raising_cuda_error(message: str):
         raise cuda_api.CudaError(message)
 
     return fail
+
+
+# ---- the engine build under fault injection ----
+
+
+def stand_in_builder(timing_cache_accepted: bool):
+    """A ``tensorrt`` module whose builder parses and builds anything: the build's own checks are under test."""
+
+    class Network:
+        num_outputs = 2
+
+        def get_input(self, index: int):
+            return types.SimpleNamespace(name="images")
+
+        def get_output(self, index: int):
+            return types.SimpleNamespace(name=("scores", "labels")[index])
+
+    class Config:
+        def create_timing_cache(self, data: bytes) -> bytes:
+            return data
+
+        def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+            return timing_cache_accepted
+
+        def get_timing_cache(self):
+            return types.SimpleNamespace(serialize=lambda: b"cache")
+
+        def clear_flag(self, flag: object) -> None:
+            pass
+
+        def add_optimization_profile(self, profile: object) -> None:
+            pass
+
+    class Builder:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def create_network(self, flags: int) -> Network:
+            return Network()
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self):
+            return types.SimpleNamespace(set_shape=lambda name, low, opt, high: None)
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            return b"engine"
+
+    module = stand_in_tensorrt()
+    module.Builder = Builder
+    module.OnnxParser = lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True)
+    module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+    module.BuilderFlag = types.SimpleNamespace(TF32=7)
+    return module
+
+
+def test_engine_build_records_the_profile_and_refuses_a_foreign_timing_cache(tmp_path, monkeypatch):
+    from wsvs.export import tensorrt_build
+
+    monkeypatch.setattr(cuda_api, "device_name", lambda device=0: GPU)
+    onnx_path, engine, cache = write_tiny_model(tmp_path) / "model.onnx", tmp_path / "out" / "m.engine", tmp_path / "c"
+    cache.write_bytes(b"from another GPU")
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_builder(timing_cache_accepted=False))
+    with pytest.raises(InputError, match=r"c: timing cache made by another GPU or TensorRT version"):
+        tensorrt_build.build_engine(onnx_path, engine, PROFILE, "fp16", {}, cache)
+    assert not engine.parent.exists() and cache.read_bytes() == b"from another GPU"
+
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_builder(timing_cache_accepted=True))
+    sidecar = tensorrt_build.build_engine(onnx_path, engine, PROFILE, "fp16", {"graph": "segmenter"}, cache)
+    assert sidecar == json.loads(tensorrt_build.sidecar_path(engine).read_text())
+    assert sidecar["profile"] == {"min": [1, 3, 32, 32], "opt": [1, 3, 64, 64], "max": [2, 3, 64, 64]}
+    assert (sidecar["gpu"], sidecar["tensorrt_version"], sidecar["outputs"]) == (GPU, TRT_VERSION, ["scores", "labels"])
+    assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"cache"
