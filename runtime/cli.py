@@ -42,6 +42,7 @@ COMMANDS: list[tuple[str, tuple[str, ...]]] = [
     ("wsvs.export.cli", ("export",)),
     ("wsvs.training.segment", ("segment",)),
     ("wsvs.training.bench", ("bench",)),
+    ("wsvs.runtime.doctor", ("doctor",)),
 ]
 
 # Commands that always run the PyTorch model: refused up front, in one line, where torch is not installed.

@@ -138,7 +138,7 @@ class ImageSegmenter:
         for group in groups:
             height, width = sizes[group[0]]
             batch = np.stack([resize_rgb(images[i], (height, width)) for i in group])
-            outputs = self.backend.run(normalise(batch, self.metadata.mean, self.metadata.std))
+            outputs = self.backend.run(normalise(batch, self.metadata.mean, self.metadata.std), ("labels", "scores"))
             for i, labels, scores in zip(group, outputs["labels"], outputs["scores"]):
                 results[i] = Segmentation(restore_size(labels.astype(np.uint8), images[i].shape[:2]), scores)
         return results  # type: ignore[return-value]

@@ -106,7 +106,8 @@ class VideoSegmenter:
 
     def encode(self, small: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, C) and multi-scale attention (N, C, H, W) of same-size RGB frames."""
-        outputs = self.encoder.run(normalise(np.stack(small), self.metadata.mean, self.metadata.std))
+        outputs = self.encoder.run(normalise(np.stack(small), self.metadata.mean, self.metadata.std),
+                                   ("scores", "attention"))
         return outputs["scores"], outputs["attention"]
 
     def decode(self, scores: np.ndarray, attention: np.ndarray) -> np.ndarray:
@@ -119,7 +120,8 @@ class VideoSegmenter:
         for start in range(0, len(frame_index), step):
             picked = slice(start, start + step)
             maps = attention[frame_index[picked], class_index[picked]][:, None]
-            foreground[frame_index[picked], class_index[picked]] = self.decoder.run(maps)["foreground"][:, 0]
+            decoded = self.decoder.run(maps, ("foreground",))["foreground"]
+            foreground[frame_index[picked], class_index[picked]] = decoded[:, 0]
         return labels_from_foreground(foreground, self.metadata.foreground_threshold)
 
     def refine_window(self, small: list[np.ndarray], scores: list[np.ndarray],

@@ -106,7 +106,11 @@ def test_segment_files_reads_gray_rgba_and_16_bit(exported, tmp_path):
     assert all((out / f"{name}_overlay.jpg").is_file() for name in labels)
 
 
-def test_auto_selects_onnxruntime_cpu_here_and_says_why(exported):
+def test_auto_selects_onnxruntime_cpu_without_tensorrt_or_cuda_and_says_why(exported, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # what a machine without TensorRT and CUDA has
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     backend = select_backend("auto", exported / "model.onnx")
     assert backend.name == "ort-cpu"
     assert backend.selection.startswith("backend auto: ort-cpu (ONNX Runtime")
@@ -115,18 +119,18 @@ def test_auto_selects_onnxruntime_cpu_here_and_says_why(exported):
         select_backend("onnx", exported)
 
 
-def test_tensorrt_backend_fails_with_one_clear_line(exported, tmp_path):
+def test_tensorrt_backend_fails_with_one_clear_line(exported, tmp_path, monkeypatch):
+    """Without TensorRT (forced: sys.modules holds None); the faults of an installed TensorRT are injected in
+    tests/test_gpu_environment.py."""
     engine = tmp_path / "model.engine"
     with pytest.raises(InputError, match="TensorRT engine not found"):
         open_backend(tmp_path, "segmenter", "tensorrt")
     engine.write_bytes(b"not an engine")
     write_json(tmp_path / "model.engine.json", {"tensorrt_version": "10.13.0", "gpu": "NVIDIA H100"})
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(InputError, match=r"^TensorRT is not installed") as caught:
-            open_backend(tmp_path, "segmenter", "tensorrt")
-        assert "\n" not in str(caught.value)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(InputError, match=r"^TensorRT is not installed") as caught:
+        open_backend(tmp_path, "segmenter", "tensorrt")
+    assert "\n" not in str(caught.value)
 
 
 def test_engine_sidecar_must_match_this_tensorrt_and_gpu(tmp_path):
@@ -276,9 +280,37 @@ def test_gpu_backends_match_onnxruntime_cpu(exported):
         assert np.mean(a.labels == b.labels) >= 0.999
 
 
-def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys):
+@pytest.mark.gpu
+def test_tensorrt_engines_match_onnxruntime_cpu(exported, tmp_path):
+    """Engines built by `wsvs export --out-engine` (verified there against PyTorch) run on the runtime's TensorRT
+    backend, for images and 320x180 video frames, with the labels ONNX Runtime's CPU provider gives."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pytest.skip("TensorRT is not installed (pip install 'wsvs[gpu-cu12]' or 'wsvs[gpu-cu13]')")
+    if not cuda_api.is_available():
+        pytest.skip("no NVIDIA GPU / CUDA driver")
+    from wsvs.export import cli
+
+    engine = tmp_path / "model.engine"
+    assert cli.main(["--model", str(exported), "--out", str(tmp_path / "model.onnx"), "--out-engine", str(engine)]) == 0
+    sidecar = json.loads((tmp_path / "model.engine.json").read_text())
+    assert sidecar["profile"] == {"min": [1, 3, 32, 32], "opt": sidecar["profile"]["opt"], "max": [8, 3, 1024, 1024]}
+    images = list(synthetic_images(2, 97, 131, seed=3)) + list(synthetic_images(4, 180, 320, seed=4))
+    cpu = ImageSegmenter(exported, "ort-cpu").segment(images)
+    gpu = ImageSegmenter(tmp_path, "tensorrt").segment(images)
+    for a, b in zip(cpu, gpu):
+        assert np.mean(a.labels == b.labels) >= 0.999
+
+
+def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys,
+                                                         monkeypatch):
+    import onnxruntime
+
     from wsvs.runtime.cli import main
 
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # auto must pick ONNX Runtime's CPU provider, also on a GPU
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     images = synthetic_images(2, 97, 131, seed=5)
     for i, image in enumerate(images):
         cv2.imwrite(str(tmp_path / f"im{i}.png"), image[..., ::-1])
