@@ -118,23 +118,28 @@ def pool_runs(labels, values, num_superpixels):  # pragma: no cover - jit
     sums = np.zeros((batch * num_superpixels, channels))
     counts = np.zeros(batch * num_superpixels, dtype=np.int64)
     for b in range(batch):
+        ids = labels[b]
         for first in range(0, channels, 8):
-            # channels past the last repeat it: their sums are dropped
-            c = np.minimum(np.arange(first, first + 8), channels - 1)
+            # 1-D views of the eight channels; past the last channel they repeat it and their sums are dropped
+            last = channels - 1
+            v0, v1, v2, v3 = values[b, first], values[b, min(first + 1, last)], values[b, min(first + 2, last)], \
+                values[b, min(first + 3, last)]
+            v4, v5, v6, v7 = values[b, min(first + 4, last)], values[b, min(first + 5, last)], \
+                values[b, min(first + 6, last)], values[b, min(first + 7, last)]
             start = 0
             while start < pixels:
-                current = labels[b, start]
+                current = ids[start]
                 end = start
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-                while end < pixels and labels[b, end] == current:
-                    s0 += values[b, c[0], end]
-                    s1 += values[b, c[1], end]
-                    s2 += values[b, c[2], end]
-                    s3 += values[b, c[3], end]
-                    s4 += values[b, c[4], end]
-                    s5 += values[b, c[5], end]
-                    s6 += values[b, c[6], end]
-                    s7 += values[b, c[7], end]
+                while end < pixels and ids[end] == current:
+                    s0 += v0[end]
+                    s1 += v1[end]
+                    s2 += v2[end]
+                    s3 += v3[end]
+                    s4 += v4[end]
+                    s5 += v5[end]
+                    s6 += v6[end]
+                    s7 += v7[end]
                     end += 1
                 bin_ = b * num_superpixels + current
                 if first == 0:
