@@ -7,14 +7,20 @@ size (longer side 480: 480x270) with the default VideoSegConfig, once with ``com
 reference loops) and once with ``compiled=True``, with a box attention and without attention. Each figure is the
 median of ``--repeats`` runs after a warm-up (which also compiles or loads the numba cache). Prints markdown
 tables: stages in ms per frame, superpixels per frame, pooling throughput against this machine's copy rate.
+
+``--baseline DIR``: also time an older checkout's video path in the same run (DIR holds its ``runtime/``, e.g.
+``git archive <commit> runtime cuda_kernels | tar -x -C DIR``), in a child process that imports it as wsvs.runtime.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -63,6 +69,44 @@ def end_to_end(frames: np.ndarray, attention: np.ndarray | None, config: VideoSe
     return per_frame
 
 
+BASELINE_CHILD = """
+import json, sys, time
+import numpy as np
+from wsvs.runtime.videoseg import VideoSegConfig, segment_frames
+frames = np.load(sys.argv[1])
+attention = np.load(sys.argv[2])
+result = {}
+for label, maps in (("attention", attention), ("no attention", None)):
+    segment_frames(frames, maps, VideoSegConfig())
+    totals, stages = [], {}
+    for _ in range(int(sys.argv[3])):
+        start = time.perf_counter()
+        _, info = segment_frames(frames, maps, VideoSegConfig())
+        totals.append(time.perf_counter() - start)
+        for stage, seconds in info["timings_s"].items():
+            stages.setdefault(stage, []).append(seconds)
+    result[label] = {stage: float(np.median(s)) / len(frames) for stage, s in stages.items()}
+    result[label]["total"] = float(np.median(totals)) / len(frames)
+print(json.dumps(result))
+"""
+
+
+def baseline(checkout: Path, frames: np.ndarray, attention: np.ndarray, repeats: int) -> dict[str, dict]:
+    """``end_to_end`` of an older checkout's runtime (default config), run in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp, "wsvs")
+        package.mkdir()
+        for part in ("runtime", "cuda_kernels"):
+            (package / part).symlink_to(checkout.resolve() / part)
+        np.save(Path(tmp, "frames.npy"), frames)
+        np.save(Path(tmp, "attention.npy"), attention)
+        child = subprocess.run(
+            [sys.executable, "-c", BASELINE_CHILD, f"{tmp}/frames.npy", f"{tmp}/attention.npy", str(repeats)],
+            env={**os.environ, "PYTHONPATH": tmp}, capture_output=True, text=True, check=True,
+        )
+    return {f"before, {label}": run for label, run in json.loads(child.stdout).items()}
+
+
 def copy_rate(nbytes: int, repeats: int) -> float:
     """Bytes per second np.copyto moves from one ``nbytes`` buffer into another (single thread)."""
     source = np.ones(nbytes // 4, dtype=np.float32)
@@ -74,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, help="an older checkout's folder (with runtime/) to time as well")
     args = parser.parse_args()
     frames = load_frames(args.frames)
     attention = box_attention(frames)
@@ -83,7 +128,7 @@ def main() -> None:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
     print(f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
           f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads)")
-    runs = {}
+    runs = baseline(args.baseline, frames, attention, args.repeats) if args.baseline else {}
     for name, compiled in PATHS.items():
         config = VideoSegConfig(**{**base.__dict__, "compiled": compiled})
         for label, maps in (("attention", attention), ("no attention", None)):
@@ -93,7 +138,7 @@ def main() -> None:
     print("| stage | " + " | ".join(runs) + " |")
     print("|---|" + "---|" * len(runs))
     for stage in (*STAGES, "total"):
-        print(f"| {stage} | " + " | ".join(f"{1e3 * run[stage]:.1f}" for run in runs.values()) + " |")
+        print(f"| {stage} | " + " | ".join(f"{1e3 * run.get(stage, 0.0):.1f}" for run in runs.values()) + " |")
     print("| frames/s | " + " | ".join(f"{1 / run['total']:.1f}" for run in runs.values()) + " |")
 
     # Superpixels of one work-size frame, Lab conversion included; pooling of the video path's 8 maps.

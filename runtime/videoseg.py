@@ -58,6 +58,7 @@ class VideoSegConfig:
     # the foreground probability of the attention and motion unaries together, so the foreground model learns
     # the colours of the moving body as well as those of the attended part.
     appearance_seeds: str = "attention"
+    motion_window: int = 0  # the inside-outside map of a frame is averaged with that of w frames each side
     # Superpixels, pooling and the graph's edges as compiled loops (numba); False runs the numpy reference
     # they are tested against (same superpixels and graph, several times slower).
     compiled: bool = True
@@ -68,6 +69,8 @@ class VideoSegConfig:
     def __post_init__(self) -> None:
         if self.appearance_seeds not in ("attention", "unary"):
             raise ValueError(f"appearance_seeds must be 'attention' or 'unary', not {self.appearance_seeds!r}")
+        if self.motion_window < 0:
+            raise ValueError(f"motion_window must be >= 0, got {self.motion_window}")
         if self.pooling not in ("auto", "cpu", "gpu"):
             raise ValueError(f"pooling must be 'auto', 'cpu' or 'gpu', not {self.pooling!r}")
         for name in ("probability_floor", "attention_floor"):
@@ -268,7 +271,8 @@ def _pool(labels: np.ndarray, values: np.ndarray, per_frame: int,
 
 
 def _inside_maps(frames: np.ndarray, flows: list[np.ndarray], config: VideoSegConfig, clock: _Clock) -> np.ndarray:
-    """(T, H, W) inside-outside map of every frame from its motion boundaries."""
+    """(T, H, W) float32 inside-outside map of every frame from its motion boundaries, 0 or 1 (a fraction of
+    frames with ``motion_window``)."""
     # The last frame has no successor: its boundaries come from the flow back to the previous frame.
     last = dis_flow(frames[-1], frames[-2], config.flow_preset)
     clock.lap("flow")
@@ -277,7 +281,15 @@ def _inside_maps(frames: np.ndarray, flows: list[np.ndarray], config: VideoSegCo
             inside_outside_map(f, config.motion_downscale, config.boundary_threshold, config.angle_scale)
             for f in [*flows, last]
         ]
-    )
+    ).astype(np.float32)
+    if config.motion_window > 0:
+        # mean over the frames t - w .. t + w (fewer at the ends): a single frame's broken boundary no longer
+        # drops the object, as Papazoglou & Ferrari accumulate the map over several frames
+        window = config.motion_window
+        totals = np.concatenate([np.zeros_like(inside[:1]), np.cumsum(inside, axis=0)])
+        ends = np.minimum(np.arange(len(inside)) + window + 1, len(inside))
+        starts = np.maximum(np.arange(len(inside)) - window, 0)
+        inside = (totals[ends] - totals[starts]) / (ends - starts)[:, None, None].astype(np.float32)
     clock.lap("motion")
     return inside
 

@@ -131,3 +131,26 @@ def test_gpu_pooling_segments_as_the_cpu_path(davis_clip):
     assert gpu_info["num_superpixels"] == cpu_info["num_superpixels"]
     for on_gpu, on_cpu in zip(gpu, cpu):
         assert binary_iou(on_gpu, on_cpu) >= 0.99
+
+
+def test_motion_window_fills_a_frame_whose_flow_sees_no_motion():
+    """A repeated frame has zero flow, so its own inside-outside map is empty; its neighbours' maps fill it."""
+    background = (np.random.default_rng(7).random((15, 20, 3)) * 255).astype(np.uint8)
+    background = cv2.resize(background, (160, 120), interpolation=cv2.INTER_CUBIC)
+    frames, truth = [], []
+    for t in (0, 1, 2, 2, 3, 4):  # frame 2 shown twice: the flow from the first copy to the second is zero
+        disc = np.zeros((120, 160), dtype=bool)
+        cv2.circle(disc.view(np.uint8), (50 + 5 * t, 60), 22, 1, thickness=-1)
+        frame = background.copy()
+        frame[disc] = (220, 40, 40)
+        frames.append(frame)
+        truth.append(disc)
+    frames = np.stack(frames)
+    motion_only = {"lambda_c": 0.0, "pairwise_weight": 0.0, "num_superpixels": 150}  # the motion unary alone
+    alone = segment_frames(frames, None, VideoSegConfig(**motion_only))[0]
+    windowed = segment_frames(frames, None, VideoSegConfig(motion_window=1, **motion_only))[0]
+    assert binary_iou(alone[2], truth[2]) < 0.2, binary_iou(alone[2], truth[2])  # no motion seen from frame 2 alone
+    assert binary_iou(windowed[2], truth[2]) > 0.8
+    mean_iou = {name: np.mean([binary_iou(m, g) for m, g in zip(masks, truth)])
+                for name, masks in (("alone", alone), ("windowed", windowed))}
+    assert mean_iou["windowed"] > mean_iou["alone"] + 0.05, mean_iou
