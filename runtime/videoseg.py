@@ -46,7 +46,7 @@ class VideoSegConfig:
     angle_scale: float = 1.0  # direction-change factor 1 - exp(-s dtheta^2) for weak boundaries
     gmm_components: int = 5
     attention_threshold: float = 0.5  # superpixels above it seed the foreground GMM, the rest the background
-    pairwise_weight: float = 4.0  # scale of the Potts terms (tuned on 4 DAVIS-2016 sequences)
+    pairwise_weight: float = 4.0  # scale of the Potts terms (chosen on DAVIS dev; 2 and 8 score lower on train)
     colour_sigma: float = 10.0  # phi_c bandwidth, in Lab units
     probability_floor: float = 0.02  # unary probabilities are clipped to [floor, 1 - floor]
     # The attention unary's own floor. A CAM is a relative score, near 0 on most of an object outside its
@@ -58,7 +58,9 @@ class VideoSegConfig:
     # the foreground probability of the attention and motion unaries together, so the foreground model learns
     # the colours of the moving body as well as those of the attended part.
     appearance_seeds: str = "attention"
-    motion_window: int = 0  # the inside-outside map of a frame is averaged with that of w frames each side
+    # The inside-outside map of a frame averaged with that of w frames each side. 1 (with motion_downscale 8)
+    # scored higher on DAVIS-2016 train but lower on the 4 dev sequences: see benchmarks/RESULTS.md.
+    motion_window: int = 0
     # Superpixels, pooling and the graph's edges as compiled loops (numba); False runs the numpy reference
     # they are tested against (same superpixels and graph, several times slower).
     compiled: bool = True
