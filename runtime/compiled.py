@@ -18,13 +18,13 @@ import numpy as np
 
 def _compile(function: Callable) -> Callable:
     try:
-        return numba.njit(cache=True, nogil=True)(function)
+        return numba.njit(cache=True)(function)
     except RuntimeError:  # numba finds no writable cache folder (read-only install, no user cache dir)
-        return numba.njit(nogil=True)(function)
+        return numba.njit(function)
 
 
 @_compile
-def _update_centres(lab, assigned, step, rows, cols, height, width, scale, centres):  # pragma: no cover - jit
+def _update_centres(lab, assigned, step, rows, cols, height, width, scale, centres):
     """Centre of each cell's pixels (inside the image): float64 sums in pixel order, as np.bincount adds."""
     sums = np.zeros((rows * cols, 5))
     counts = np.zeros(rows * cols)
@@ -45,7 +45,7 @@ def _update_centres(lab, assigned, step, rows, cols, height, width, scale, centr
 
 
 @_compile
-def slic_assign(lab, step, rows, cols, height, width, scale, iterations):  # pragma: no cover - jit
+def slic_assign(lab, step, rows, cols, height, width, scale, iterations):
     """Grid SLIC on a padded (rows * step, cols * step, 3) float32 Lab image: the cell id (row-major over the
     grid) of the centre each pixel is assigned to, (rows * step, cols * step) int32.
 
@@ -110,7 +110,7 @@ def slic_assign(lab, step, rows, cols, height, width, scale, iterations):  # pra
 
 
 @_compile
-def pool_runs(labels, values, num_superpixels):  # pragma: no cover - jit
+def pool_runs(labels, values, num_superpixels):
     """Per-superpixel float64 sums (B * S, C) and pixel counts (B * S,) of labels (B, P) int32 and values
     (B, C, P) float32, P pixels per image: each run of equal ids along the pixels is summed in registers,
     then added to its bin. Channels go eight at a time (eight independent additions per pixel)."""
@@ -152,7 +152,7 @@ def pool_runs(labels, values, num_superpixels):  # pragma: no cover - jit
 
 
 @_compile
-def _nonzero_pairs(counts):  # pragma: no cover - jit
+def _nonzero_pairs(counts):
     """Nonzero entries of a dense (A, B) pair-count matrix in row-major order, np.unique's order of the keys
     a * B + b: pairs (E, 2) int64 and counts (E,) int64."""
     rows, cols = counts.shape
@@ -172,7 +172,7 @@ def _nonzero_pairs(counts):  # pragma: no cover - jit
 
 
 @_compile
-def adjacency_counts(labels, num_superpixels):  # pragma: no cover - jit
+def adjacency_counts(labels, num_superpixels):
     """``superpixels.superpixel_adjacency`` of an (H, W) id map: pairs (E, 2) int64 with first < second in
     sorted order, and the number of 4-connected pixel pairs between them (E,) int64."""
     height, width = labels.shape
@@ -188,7 +188,7 @@ def adjacency_counts(labels, num_superpixels):  # pragma: no cover - jit
 
 
 @_compile
-def link_counts(labels, next_labels, flow, num_superpixels, num_next):  # pragma: no cover - jit
+def link_counts(labels, next_labels, flow, num_superpixels, num_next):
     """``superpixels.flow_links`` before the division: pairs (i, j) (E, 2) int64 in sorted order, how many
     pixels of i land (x + dx, y + dy rounded half to even, inside the frame) in j (E,) int64, and the
     pixel count of every superpixel of ``labels`` (S,) int64."""

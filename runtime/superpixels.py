@@ -39,7 +39,7 @@ def slic_superpixels(
     ``compactness`` is SLIC's m: the weight of the spatial distance (in units of the grid step) against
     the Lab colour distance. Returns (H, W) int32 ids covering every pixel, numbered 0..S-1 with no gaps.
     ``compiled`` runs the iterations as compiled loops (``wsvs.runtime.compiled.slic_assign``): the same
-    arithmetic in the same order, so the same ids bit for bit, about 10x faster.
+    arithmetic in the same order, so the same ids bit for bit, about 7x faster (benchmarks/RESULTS.md).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")

@@ -64,8 +64,8 @@ class VideoSegConfig:
     # Superpixels, pooling and the graph's edges as compiled loops (numba); False runs the numpy reference
     # they are tested against (same superpixels and graph, several times slower).
     compiled: bool = True
-    # Where superpixel pooling runs: "gpu" on the CUDA kernel (wsvs.cuda_kernels.pooling), "cpu", or "auto":
-    # the GPU when one and its driver are present, else the CPU.
+    # Where superpixel pooling runs: "gpu" on the CUDA kernels (wsvs.cuda_kernels.pooling), "cpu", or "auto":
+    # the GPU when one is present and the kernels load on it, else the CPU.
     pooling: str = "auto"
 
     def __post_init__(self) -> None:
@@ -256,19 +256,32 @@ def _nodes(frames: np.ndarray, attention: np.ndarray | None, use_motion: bool, c
 
 
 @functools.cache
-def _gpu_present() -> bool:
+def _auto_gpu_executor():
+    """The CUDA pooling kernels' executor when a GPU is present and they load on it, else None (CPU pooling)."""
     from wsvs.cuda_kernels import pooling
 
-    return pooling.is_available()
+    if not pooling.is_available():
+        return None
+    try:
+        return pooling.default_executor()
+    except RuntimeError:  # no NVRTC to compile the kernels, or they do not load on this GPU
+        return None
 
 
 def _pool(labels: np.ndarray, values: np.ndarray, per_frame: int,
           config: VideoSegConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``superpixel_pool`` on the configured device: the CUDA kernel (through its loader) or the CPU."""
-    if config.pooling == "gpu" or (config.pooling == "auto" and _gpu_present()):
+    """``superpixel_pool`` on the configured device: the CUDA kernels (through their loader) or the CPU."""
+    executor = None
+    if config.pooling == "gpu":
         from wsvs.cuda_kernels import pooling
 
-        return pooling.superpixel_pool(pooling.default_executor(), labels, values, per_frame)
+        executor = pooling.default_executor()  # no GPU: its one-line CudaError
+    elif config.pooling == "auto":
+        executor = _auto_gpu_executor()
+    if executor is not None:
+        from wsvs.cuda_kernels import pooling
+
+        return pooling.superpixel_pool(executor, labels, values, per_frame)
     return superpixel_pool(labels, values, per_frame, compiled=config.compiled)
 
 

@@ -117,9 +117,16 @@ def test_single_frame_with_attention_but_no_attention_unary():
     assert binary_iou(masks[0], box) > 0.9  # the colour model spreads the attended colour over the whole box
 
 
-def test_pooling_device_is_checked():
+def test_pooling_device_is_checked(davis_clip):
     with pytest.raises(ValueError, match="pooling"):
         VideoSegConfig(pooling="tpu")
+    if gpu_pooling.is_available():
+        return
+    # no GPU: "auto" pools on the CPU (the same masks), "gpu" says why it cannot
+    auto = segment_frames(davis_clip[0][:3], None, VideoSegConfig(pooling="auto"))[0]
+    np.testing.assert_array_equal(auto, segment_frames(davis_clip[0][:3], None, VideoSegConfig(pooling="cpu"))[0])
+    with pytest.raises(RuntimeError, match=r"(?i)cuda"):
+        segment_frames(davis_clip[0][:3], None, VideoSegConfig(pooling="gpu"))
 
 
 @pytest.mark.gpu
