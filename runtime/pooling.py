@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .compiled import pool_runs
+
 
 def superpixel_pool(
-    labels: np.ndarray, values: np.ndarray, num_superpixels: int
+    labels: np.ndarray, values: np.ndarray, num_superpixels: int, *, compiled: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum, count and average per-pixel values over the superpixels of each image of a batch.
 
@@ -24,6 +26,9 @@ def superpixel_pool(
     runs (about a superpixel's width each): every map is summed over the runs by one sequential
     ``np.add.reduceat`` in float64, then the run sums go to their superpixels with ``np.bincount``. Only the
     first pass touches every pixel, so the work is close to one read of the inputs.
+
+    ``compiled`` sums the same runs in one compiled pass over all maps (``wsvs.runtime.compiled.pool_runs``):
+    counts equal, sums equal up to the order of float64 additions within a run.
     """
     labels = np.asarray(labels)
     values = np.asarray(values)
@@ -37,7 +42,13 @@ def superpixel_pool(
     bins = batch * num_superpixels
     sums = np.zeros((bins, channels), dtype=np.float64)
     counts = np.zeros(bins, dtype=np.int64)
-    if labels.size:
+    if labels.size and compiled:
+        sums, counts = pool_runs(
+            np.ascontiguousarray(labels.reshape(batch, -1), dtype=np.int32),
+            np.ascontiguousarray(values.reshape(batch, channels, -1), dtype=np.float32),
+            num_superpixels,
+        )
+    elif labels.size:
         flat = labels.reshape(-1)
         pixels = labels[0].size
         # a run starts where the id changes and at every image's first pixel

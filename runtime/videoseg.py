@@ -14,6 +14,7 @@ the motion + appearance configuration of Papazoglou & Ferrari.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from .gmm import fit_weighted_gmm
 from .graphcut import solve_binary_energy
 from .motion import inside_outside_map
 from .pooling import superpixel_pool
-from .superpixels import flow_links, rgb_to_lab, slic_superpixels, superpixel_adjacency
+from .superpixels import flow_links, lab_superpixels, rgb_to_lab, superpixel_adjacency
 
 
 @dataclass
@@ -45,7 +46,7 @@ class VideoSegConfig:
     angle_scale: float = 1.0  # direction-change factor 1 - exp(-s dtheta^2) for weak boundaries
     gmm_components: int = 5
     attention_threshold: float = 0.5  # superpixels above it seed the foreground GMM, the rest the background
-    pairwise_weight: float = 4.0  # scale of the Potts terms (tuned on 4 DAVIS-2016 sequences)
+    pairwise_weight: float = 4.0  # scale of the Potts terms (chosen on DAVIS dev; 2 and 8 score lower on train)
     colour_sigma: float = 10.0  # phi_c bandwidth, in Lab units
     probability_floor: float = 0.02  # unary probabilities are clipped to [floor, 1 - floor]
     # The attention unary's own floor. A CAM is a relative score, near 0 on most of an object outside its
@@ -57,10 +58,23 @@ class VideoSegConfig:
     # the foreground probability of the attention and motion unaries together, so the foreground model learns
     # the colours of the moving body as well as those of the attended part.
     appearance_seeds: str = "attention"
+    # The inside-outside map of a frame averaged with that of w frames each side. 1 (with motion_downscale 8)
+    # scored higher on DAVIS-2016 train but lower on the 4 dev sequences: see benchmarks/RESULTS.md.
+    motion_window: int = 0
+    # Superpixels, pooling and the graph's edges as compiled loops (numba); False runs the numpy reference
+    # they are tested against (same superpixels and graph, several times slower).
+    compiled: bool = True
+    # Where superpixel pooling runs: "gpu" on the CUDA kernels (wsvs.cuda_kernels.pooling), "cpu", or "auto":
+    # the GPU when one is present and the kernels load on it, else the CPU.
+    pooling: str = "auto"
 
     def __post_init__(self) -> None:
         if self.appearance_seeds not in ("attention", "unary"):
             raise ValueError(f"appearance_seeds must be 'attention' or 'unary', not {self.appearance_seeds!r}")
+        if self.motion_window < 0:
+            raise ValueError(f"motion_window must be >= 0, got {self.motion_window}")
+        if self.pooling not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"pooling must be 'auto', 'cpu' or 'gpu', not {self.pooling!r}")
         for name in ("probability_floor", "attention_floor"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ValueError(f"{name} must lie in (0, 0.5), got {getattr(self, name)}")
@@ -141,7 +155,8 @@ def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: Vid
 
     ``attention`` (T, H, W) float32 in [0, 1] is the class's multi-scale attention per frame, or None for
     the motion + appearance configuration (the GMMs then start from the inside-outside map, as they do
-    when lambda_a is 0). A lambda of 0 drops its term. ``info`` holds per-stage ``timings_s``, the node and
+    when lambda_a is 0, except on a single frame, which has no motion: there the attention seeds them).
+    A lambda of 0 drops its term. ``info`` holds per-stage ``timings_s``, the node and
     edge counts and the work size.
     """
     frames = np.asarray(frames)
@@ -152,9 +167,11 @@ def segment_frames(frames: np.ndarray, attention: np.ndarray | None, config: Vid
     use_attention = attention is not None and config.lambda_a > 0
     use_appearance = config.lambda_c > 0
     use_motion = num_frames > 1 and (config.lambda_m > 0 or (use_appearance and not use_attention))
+    # A single frame has no motion: there the attention seeds the colour GMMs even when lambda_a drops its unary.
+    seed_attention = attention if use_attention or not use_motion else None
     clock.lap("resize")
 
-    nodes, flows = _nodes(frames, attention if use_attention else None, use_motion, config, clock)
+    nodes, flows = _nodes(frames, seed_attention, use_motion, config, clock)
     unary, appearance = _unaries(nodes, use_attention, config)
     clock.lap("gmm")
     edges, weights, num_spatial = _edges(nodes, flows, config)
@@ -200,20 +217,29 @@ def _nodes(frames: np.ndarray, attention: np.ndarray | None, use_motion: bool, c
            clock: _Clock) -> tuple[_Nodes, list[np.ndarray]]:
     """Superpixels of every frame, the forward flows between frames, and each node's mean colour, motion and
     attention (``attention`` None: not used)."""
+    lab = rgb_to_lab(frames)
     labels = np.stack(
-        [slic_superpixels(f, config.num_superpixels, config.compactness, config.slic_iterations) for f in frames]
+        [
+            lab_superpixels(f, config.num_superpixels, config.compactness, config.slic_iterations,
+                            compiled=config.compiled)
+            for f in lab
+        ]
     )
     per_frame = int(labels.max()) + 1
     clock.lap("superpixels")
     flows = forward_flows(frames, config.flow_preset)
     clock.lap("flow")
 
-    maps = [rgb_to_lab(frames).transpose(0, 3, 1, 2), frames.transpose(0, 3, 1, 2).astype(np.float32)]
+    maps = [lab.transpose(0, 3, 1, 2), frames.transpose(0, 3, 1, 2)]
     if use_motion:
-        maps.append(_inside_maps(frames, flows, config, clock)[:, None].astype(np.float32))
+        maps.append(_inside_maps(frames, flows, config, clock)[:, None])
     if attention is not None:
-        maps.append(np.asarray(attention, dtype=np.float32)[:, None])
-    _, counts, means = superpixel_pool(labels, np.concatenate(maps, axis=1), per_frame)
+        maps.append(attention[:, None])
+    # one planar (T, C, H, W) float32 array, written once (np.concatenate would keep the inputs' channel-last
+    # layout and leave a strided array to pool)
+    values = np.empty((len(frames), sum(m.shape[1] for m in maps), *frames.shape[1:3]), dtype=np.float32)
+    np.concatenate(maps, axis=1, out=values)
+    _, counts, means = _pool(labels, values, per_frame, config)
     means = means.reshape(len(frames) * per_frame, -1)
     motion = means[:, 6] if use_motion else None
     nodes = _Nodes(
@@ -229,8 +255,39 @@ def _nodes(frames: np.ndarray, attention: np.ndarray | None, use_motion: bool, c
     return nodes, flows
 
 
+@functools.cache
+def _auto_gpu_executor():
+    """The CUDA pooling kernels' executor when a GPU is present and they load on it, else None (CPU pooling)."""
+    from wsvs.cuda_kernels import pooling
+
+    if not pooling.is_available():
+        return None
+    try:
+        return pooling.default_executor()
+    except RuntimeError:  # no NVRTC to compile the kernels, or they do not load on this GPU
+        return None
+
+
+def _pool(labels: np.ndarray, values: np.ndarray, per_frame: int,
+          config: VideoSegConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``superpixel_pool`` on the configured device: the CUDA kernels (through their loader) or the CPU."""
+    executor = None
+    if config.pooling == "gpu":
+        from wsvs.cuda_kernels import pooling
+
+        executor = pooling.default_executor()  # no GPU: its one-line CudaError
+    elif config.pooling == "auto":
+        executor = _auto_gpu_executor()
+    if executor is not None:
+        from wsvs.cuda_kernels import pooling
+
+        return pooling.superpixel_pool(executor, labels, values, per_frame)
+    return superpixel_pool(labels, values, per_frame, compiled=config.compiled)
+
+
 def _inside_maps(frames: np.ndarray, flows: list[np.ndarray], config: VideoSegConfig, clock: _Clock) -> np.ndarray:
-    """(T, H, W) inside-outside map of every frame from its motion boundaries."""
+    """(T, H, W) float32 inside-outside map of every frame from its motion boundaries, 0 or 1 (a fraction of
+    frames with ``motion_window``)."""
     # The last frame has no successor: its boundaries come from the flow back to the previous frame.
     last = dis_flow(frames[-1], frames[-2], config.flow_preset)
     clock.lap("flow")
@@ -239,7 +296,15 @@ def _inside_maps(frames: np.ndarray, flows: list[np.ndarray], config: VideoSegCo
             inside_outside_map(f, config.motion_downscale, config.boundary_threshold, config.angle_scale)
             for f in [*flows, last]
         ]
-    )
+    ).astype(np.float32)
+    if config.motion_window > 0:
+        # mean over the frames t - w .. t + w (fewer at the ends): a single frame's broken boundary no longer
+        # drops the object, as Papazoglou & Ferrari accumulate the map over several frames
+        window = config.motion_window
+        totals = np.concatenate([np.zeros_like(inside[:1]), np.cumsum(inside, axis=0)])
+        ends = np.minimum(np.arange(len(inside)) + window + 1, len(inside))
+        starts = np.maximum(np.arange(len(inside)) - window, 0)
+        inside = (totals[ends] - totals[starts]) / (ends - starts)[:, None, None].astype(np.float32)
     clock.lap("motion")
     return inside
 
@@ -276,12 +341,12 @@ def _edges(nodes: _Nodes, flows: list[np.ndarray], config: VideoSegConfig) -> tu
     step = np.sqrt(work_h * work_w / config.num_superpixels)
     edges, strengths = [], []
     for t in range(num_frames):
-        pairs, shared = superpixel_adjacency(labels[t])
+        pairs, shared = superpixel_adjacency(labels[t], compiled=config.compiled)
         edges.append(pairs + t * per_frame)
         strengths.append(shared / step)
     num_spatial = sum(len(e) for e in edges)
     for t in range(num_frames - 1):
-        pairs, fraction = flow_links(labels[t], labels[t + 1], flows[t])
+        pairs, fraction = flow_links(labels[t], labels[t + 1], flows[t], compiled=config.compiled)
         edges.append(pairs + np.array([t * per_frame, (t + 1) * per_frame]))
         strengths.append(fraction)
     edges = np.concatenate(edges)
