@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.io import read_json, write_json
 from wsvs.runtime.video_masks import SegmentVideosConfig
 
@@ -184,7 +185,7 @@ def segment_videos_stage(run: PipelineRun) -> dict:
         run.out, "segment_videos", {"crawl": run.records["crawl"]["key"],
                                     "config": dump_config(config.segment_videos)},
         lambda folder: segment_videos(run.out / "crawl" / "clips", folder, config.segment_videos,
-                                      run.out / "encoder", config.video_workers))
+                                      run.out / "encoder", ExecutorConfig(workers=config.video_workers)))
 
 
 def decoder_stage(run: PipelineRun) -> dict:
