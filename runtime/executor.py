@@ -14,6 +14,7 @@ Ray-free otherwise.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -90,7 +91,7 @@ def _ray_map(fn: Callable[[Context, Item], Result], items: list[Item], config: E
     except ImportError:
         raise InputError(None, "the ray executor needs Ray: install wsvs[cluster]") from None
     try:
-        ray.init(address=config.address, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=config.address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise InputError(None, f"cannot reach the Ray cluster at {config.address}: {exc}") from None
     task = ray.remote(_call).options(num_cpus=config.cpus_per_task, num_gpus=config.gpus_per_task,
