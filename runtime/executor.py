@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -45,6 +46,17 @@ class ExecutorConfig:
             raise InputError(None, f"executor must be one of {', '.join(EXECUTORS)}, got {self.kind!r}")
         if self.workers < 1:
             raise InputError(None, f"--workers must be at least 1, got {self.workers}")
+
+    def threads_per_task(self) -> int:
+        """CPU threads a task's model may use: the CPUs a Ray task reserved, or a share of this machine's cores."""
+        if self.kind == "ray":
+            return max(1, round(self.cpus_per_task))
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def device(self) -> str:
+        """Where a task's model runs: the GPU share a Ray task reserved (Ray sets its CUDA_VISIBLE_DEVICES), or
+        the CPU."""
+        return "cuda" if self.gpus_per_task > 0 else "cpu"
 
 
 def map_unordered(

@@ -1,6 +1,6 @@
-"""Per-video work as Ray tasks on a real local cluster (127.0.0.1): the same outputs as the local executor, a
-worker killed mid-task loses nothing (Ray retries the task), and a run whose whole cluster died is finished by a
-rerun on a new cluster (the output folder is the manifest)."""
+"""Per-video work as Ray tasks on a real local cluster (127.0.0.1): segment-videos and the crawl give the same
+outputs as the local executor, a worker killed mid-task loses nothing (Ray retries the task), and a run whose
+whole cluster died is finished by a rerun on a new cluster (the output folder is the manifest)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_crawl import CLASSES, load_brightness_scorer, manifest_without_times, serve_clips, small_config, write_pages
 from test_segment_videos import davis_frames, encode_mp4
 
 from wsvs.runtime.cli import main
+from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.io import read_json
+from wsvs.training.crawl import crawl
+from wsvs.training.demo_world.loopback_site import LoopbackServer
 
 # Ray replaces 127.0.0.1 by the machine's outward address unless told to stay on the loopback interface (the
 # driver, this process, reads it when ray is imported; the cluster and the CLI drivers inherit it).
@@ -30,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 SEQUENCES = {"blackswan": "bird", "cows": "cow", "car-shadow": "car", "libby": "dog"}
 BIN = Path(sys.executable).parent
+TESTS = Path(__file__).resolve().parent
 
 
 class Cluster:
@@ -43,7 +48,9 @@ class Cluster:
             port = probe.getsockname()[1]
         self.address = f"127.0.0.1:{port}"
         self.log = self.temp_dir / "head.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        # Workers import the tests' helpers that a task names (the crawl's stand-in scorer) from tests/.
+        python_path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": python_path}
         with open(self.log, "w") as log:  # a session of its own: a Ctrl-C of pytest leaves the cluster to kill()
             self.head = subprocess.Popen(
                 [BIN / "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -156,6 +163,24 @@ def test_ray_tasks_give_the_local_outputs(cluster: Cluster, videos: Path, local_
     assert main(command(videos, out, "--executor", "ray", "--address", cluster.address, "--workers", "2")) == 0
     assert "4 videos segmented" in capsys.readouterr().out
     assert outputs(out) == local_outputs
+
+
+def test_the_crawl_as_ray_tasks_gives_the_local_crawl(cluster: Cluster, shared_data: Path, tmp_path: Path) -> None:
+    """Pages on 127.0.0.1; thumbnails, downloads, key-frames and clips in Ray workers, as in this process."""
+    names = ("realshort", "bikes", "carphone_pristine")
+    with LoopbackServer() as server:
+        pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", names)})
+        local = small_config(tmp_path / "local", pages, workers=1)
+        crawl(local, load_brightness_scorer, CLASSES)
+        on_ray = small_config(tmp_path / "ray", pages, workers=2)
+        summary = crawl(on_ray, load_brightness_scorer, CLASSES,
+                        ExecutorConfig(kind="ray", workers=2, address=cluster.address))
+    assert summary["bird"]["kept"] == 2 and summary["bird"]["rejected"] == 1
+    assert manifest_without_times(on_ray.out) == manifest_without_times(local.out)
+    clips = sorted(p.relative_to(local.out) for p in (local.out / "clips").rglob("*.mp4"))
+    assert clips == sorted(p.relative_to(on_ray.out) for p in (on_ray.out / "clips").rglob("*.mp4"))
+    for clip in clips:
+        assert (on_ray.out / clip).read_bytes() == (local.out / clip).read_bytes()
 
 
 def test_a_worker_killed_mid_task_loses_nothing(cluster: Cluster, videos: Path, local_outputs: dict,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import socket
@@ -18,7 +19,7 @@ import pytest
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows, window_times
 from wsvs.training import crawl as crawl_module
-from wsvs.training.crawl import CrawlConfig, crawl, read_manifest
+from wsvs.training.crawl import CrawlConfig, crawl, load_scorer, read_manifest
 from wsvs.training.demo_world.loopback_site import LoopbackServer, serve_world_videos
 
 CLIPS = ("realshort", "bikes", "cockatoo", "carphone_pristine", "bigbuckbunny")
@@ -30,6 +31,11 @@ def brightness_scorer(images: np.ndarray) -> np.ndarray:
     """A stand-in encoder: every class's probability is 1.5 x the mean brightness (clipped to 1)."""
     p = np.clip(1.5 * images.reshape(len(images), -1).mean(1) / 255.0, 0.0, 1.0)
     return np.repeat(p[:, None], len(CLASSES), axis=1).astype(np.float32)
+
+
+def load_brightness_scorer() -> Callable[[np.ndarray], np.ndarray]:
+    """What each worker process of the crawl calls to build its scorer."""
+    return brightness_scorer
 
 
 def jpeg(value: int) -> bytes:
@@ -160,7 +166,7 @@ def test_crawl_end_to_end_filters_by_thumbnail_and_keyframes(shared_data: Path, 
     with LoopbackServer() as server:
         pages = serve_clips(server, videos, CLIPS)
         config = small_config(tmp_path / "out", write_pages(tmp_path / "pages.json", {"bird": pages}))
-        summary = crawl(config, brightness_scorer, CLASSES)
+        summary = crawl(config, load_brightness_scorer, CLASSES)
     # Misleading thumbnails: their videos are never fetched; every thumbnail is.
     for name in CLIPS:
         assert f"/t/{name}.jpg" in server.requests
@@ -230,7 +236,7 @@ def test_crawl_rejects_bad_videos_with_reasons_and_goes_on(shared_data: Path, tm
         pages += [server.url("/p/missing.html"), *good]
         config = small_config(tmp_path / "out", write_pages(tmp_path / "pages.json", {"bird": pages}))
         start = time.monotonic()
-        summary = crawl(config, brightness_scorer, CLASSES)
+        summary = crawl(config, load_brightness_scorer, CLASSES)
         elapsed = time.monotonic() - start
     assert elapsed < 20  # the stalled download times out after 1 s
     records = read_manifest(config.out / "manifest.jsonl")
@@ -258,7 +264,7 @@ def test_youtube_search_offline_fails_fast_with_one_line(tmp_path: Path, monkeyp
     config = CrawlConfig(classes=("bird",), out=tmp_path / "out", source="youtube", max_videos=5)
     start = time.monotonic()
     with pytest.raises(InputError) as error:
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert "\n" not in message and message.startswith("YouTube search for 'bird' failed")
@@ -267,12 +273,12 @@ def test_youtube_search_offline_fails_fast_with_one_line(tmp_path: Path, monkeyp
 def test_crawl_checks_its_input(tmp_path: Path) -> None:
     pages = write_pages(tmp_path / "pages.json", {"bird": []})
     with pytest.raises(InputError, match="no class cow"):
-        crawl(small_config(tmp_path / "out", pages, classes=("cow",)), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "out", pages, classes=("cow",)), load_brightness_scorer, CLASSES)
     with pytest.raises(InputError, match=r"pages.json: no pages for class\(es\) plant"):
-        crawl(small_config(tmp_path / "out", pages, classes=("plant",)), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "out", pages, classes=("plant",)), load_brightness_scorer, CLASSES)
     (tmp_path / "bad.json").write_text('["http://127.0.0.1/"]')
     with pytest.raises(InputError, match=r"bad\.json: must be a JSON object"):
-        crawl(small_config(tmp_path / "out", tmp_path / "bad.json"), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "out", tmp_path / "bad.json"), load_brightness_scorer, CLASSES)
 
 
 def test_command_line_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:
@@ -290,7 +296,7 @@ def test_killed_crawl_resumes_to_the_same_result(shared_data: Path, tmp_path: Pa
     names = ("realshort", "bikes", "carphone_pristine", "cockatoo")
     with LoopbackServer() as server:
         pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", names)})
-        crawl(small_config(tmp_path / "whole", pages, workers=1), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "whole", pages, workers=1), load_brightness_scorer, CLASSES)
         server.requests.clear()
 
         # Die while cutting the second clip (the first of bikes, after realshort is done).
@@ -305,14 +311,14 @@ def test_killed_crawl_resumes_to_the_same_result(shared_data: Path, tmp_path: Pa
         monkeypatch.setattr(crawl_module, "cut_clip", dying_cut)
         config = small_config(tmp_path / "killed", pages, workers=1)
         with pytest.raises(KeyboardInterrupt):
-            crawl(config, brightness_scorer, CLASSES)
+            crawl(config, load_brightness_scorer, CLASSES)
         monkeypatch.setattr(crawl_module, "cut_clip", cut_clip)
         assert read_manifest(config.out / "manifest.jsonl")["bird", "bikes"]["state"] == "keyframes_selected"
         # What a hard kill leaves: a torn manifest line and a temporary file of an atomic write.
         with open(config.out / "manifest.jsonl", "a") as f:
             f.write('{"class": "bird", "id": "cock')
         (config.out / "clips" / "bird" / ".bikes_0.mp4.abc123.mp4").write_bytes(b"half")
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
     # No video was fetched twice: realshort and bikes were downloaded before the kill only.
     for name in names:
         assert server.requests.count(f"/v/{name}.mp4") == (0 if name == "carphone_pristine" else 1)
@@ -344,7 +350,7 @@ def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
         pages = serve_world_videos(server, web)
         config = CrawlConfig(classes=tuple(listing), out=tmp_path / "out", source="pages",
                              pages=write_pages(tmp_path / "pages.json", pages), window=1.0, timeout_s=5.0)
-        summary = crawl(config, attention.scores, attention.class_names)
+        summary = crawl(config, functools.partial(load_scorer, encoder, 1), attention.class_names)
     records = read_manifest(config.out / "manifest.jsonl")
     relevant = [(c, v["id"]) for c, videos in listing.items() for v in videos if v["relevant"]]
     misleading = [(c, v["id"]) for c, videos in listing.items() for v in videos if not v["relevant"]]

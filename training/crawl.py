@@ -9,11 +9,14 @@ above the threshold and cut the frames within +-window s of each into H.264 clip
 Every step of every video is recorded in ``<out>/manifest.jsonl``; a rerun after a kill continues where
 each video stopped. Search results are kept in ``<out>/listings/<class>.json``; downloads go to
 ``<out>/downloads/<class>/.partial/`` and are renamed when complete, then deleted once the clips are cut.
+Videos are processed through ``wsvs.runtime.executor``: in this process, in local worker processes, or as Ray
+tasks on a cluster whose workers share ``<out>``; each worker process loads the scorer once.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import http.client
 import itertools
@@ -25,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsvs.runtime.errors import InputError
+from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args, map_unordered
 from wsvs.runtime.io import atomic_path, read_json, write_json
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows
 
@@ -57,7 +61,7 @@ class CrawlConfig:
     max_keyframes: int = 15  # key-frames kept per video (paper: 15)
     threshold: float = 0.8  # class probability a thumbnail / key-frame must exceed (paper: 0.8)
     window: float = 2.0  # seconds kept on each side of a kept key-frame (paper: 2)
-    workers: int = 4  # videos processed at once (network-bound)
+    workers: int = 4  # videos processed at once (network-bound): local processes or Ray tasks in flight
     score_max_side: int = 480  # images are shrunk to this longer side before scoring (speed)
     max_height: int = 480  # download the best format no taller than this
     max_filesize_mb: float = 200.0
@@ -89,12 +93,16 @@ class Manifest:
 
     Appends are single small writes followed by fsync, so a kill loses at most the line being
     written; opening drops such a torn line by rewriting the file atomically, as ``compact`` does.
+    A worker process opens it with the ``records`` of its video instead: it appends, never reads or rewrites.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, records: Sequence[dict[str, Any]] | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        if records is not None:
+            self.records = {(record["class"], record["id"]): record for record in records}
+            return
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
@@ -329,10 +337,11 @@ def select_keyframes(video: Path, class_name: str, score: _ClassScorer, config: 
 
 def _process_video(
     class_name: str, entry: dict[str, Any], manifest: Manifest, score: _ClassScorer, config: CrawlConfig
-) -> None:
+) -> dict[str, Any]:
     """Advance one video through listed -> thumbnail_passed -> downloaded -> keyframes_selected -> done.
 
     Each step is saved before the next starts; a failing step records ``rejected`` with its reason.
+    Returns the video's last record.
     """
     record = manifest.get(class_name, entry["id"]) or {"class": class_name, **entry, "state": "listed"}
     downloads = config.out / "downloads" / class_name
@@ -371,6 +380,19 @@ def _process_video(
         manifest.put({**record, "state": "rejected", "reason": _one_line(exc)})
         if record.get("video"):
             (downloads / record["video"]).unlink(missing_ok=True)
+    return manifest.get(class_name, entry["id"])
+
+
+def _class_scorer(load_scorer: Callable[[], Scorer], class_names: Sequence[str], max_side: int) -> _ClassScorer:
+    return _ClassScorer(load_scorer(), class_names, max_side)
+
+
+def _crawl_video(score: _ClassScorer, item: tuple[str, dict[str, Any], dict[str, Any] | None],
+                 config: CrawlConfig) -> dict[str, Any]:
+    """One video in a worker: from the record the crawl started it with, appending its steps to the manifest."""
+    class_name, entry, record = item
+    manifest = Manifest(config.out / "manifest.jsonl", [] if record is None else [record])
+    return _process_video(class_name, entry, manifest, score, config)
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -414,10 +436,13 @@ def _read_pages(path: Path, classes: Sequence[str]) -> dict[str, list[str]]:
     return pages
 
 
-def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def crawl(config: CrawlConfig, load_scorer: Callable[[], Scorer], class_names: Sequence[str],
+          executor: ExecutorConfig | None = None) -> dict[str, dict[str, Any]]:
     """Run (or resume) the crawl of ``config.classes`` into ``config.out``; return the per-class summary.
 
-    ``scorer`` maps (N, H, W, 3) uint8 RGB images to (N, len(class_names)) class probabilities.
+    ``load_scorer`` (picklable) builds, once in each worker process, the scorer: it maps (N, H, W, 3) uint8 RGB
+    images to (N, len(class_names)) class probabilities. ``executor``: where videos are processed (default:
+    ``config.workers`` local processes; one: this process).
     """
     if config.source not in SOURCES:
         raise InputError(None, f"unknown source {config.source!r} (choose from {', '.join(SOURCES)})")
@@ -433,25 +458,32 @@ def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> di
     config.out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(config.out)
     manifest = Manifest(config.out / "manifest.jsonl")
-    score = _ClassScorer(scorer, class_names, config.score_max_side)
+    setup = functools.partial(_class_scorer, load_scorer, class_names, config.score_max_side)
+    work = functools.partial(_crawl_video, config=config)
     listed: dict[str, int] = {}
-    pool = ThreadPoolExecutor(max(1, config.workers))
-    try:
+    with ThreadPoolExecutor(max(1, config.workers)) as pool:  # resolves web pages
         for class_name in config.classes:
             videos = list_videos(class_name, config, pages.get(class_name, []), pool)
             listed[class_name] = len(videos)
-            todo = [v for v in videos if (manifest.get(class_name, v["id"]) or {}).get("state")
-                    not in ("done", "rejected")]
-            jobs = [pool.submit(_process_video, class_name, v, manifest, score, config) for v in todo]
-            for job in tqdm(as_completed(jobs), total=len(jobs), desc=f"crawl {class_name}", unit="video"):
-                job.result()
-    finally:
-        # On an error or Ctrl-C stop at once: queued videos are resumed by the next run.
-        pool.shutdown(wait=True, cancel_futures=True)
+            todo = [(class_name, v, manifest.get(class_name, v["id"])) for v in videos
+                    if (manifest.get(class_name, v["id"]) or {}).get("state") not in ("done", "rejected")]
+            results = map_unordered(work, todo, executor or ExecutorConfig(workers=config.workers), setup)
+            for record in tqdm(results, total=len(todo), desc=f"crawl {class_name}", unit="video"):
+                manifest.put(record)  # the worker appended it too; this process's view is what is summarised
     manifest.compact()
     summary = summarise(manifest, listed, config.threshold)
     write_json(config.out / "summary.json", summary)
     return summary
+
+
+def load_scorer(model: Path, threads: int, device: str = "cpu") -> Scorer:
+    """The encoder's class probabilities in a worker process, on ``device`` and ``threads`` CPU threads."""
+    import torch
+
+    from .cam import FrameAttention
+
+    torch.set_num_threads(threads)
+    return FrameAttention.load(model, device).scores
 
 
 def run(args: argparse.Namespace) -> int:
@@ -468,8 +500,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("model", "out"):
         if getattr(config, name) is None:
             raise InputError(args.config, f"--{name} is required (on the command line or in the config)")
-    attention = FrameAttention.load(config.model)
-    summary = crawl(config, attention.scores, attention.class_names)
+    class_names = FrameAttention.load(config.model).class_names
+    executor = executor_from_args(args, config.workers)
+    load = functools.partial(load_scorer, config.model, executor.threads_per_task(), executor.device())
+    summary = crawl(config, load, class_names, executor)
     columns = ("listed", "passed_thumbnail", "downloaded", "kept", "keyframes", "clips", "clip_frames")
     print(f"{'class':<16}" + "".join(f"{c:>18}" for c in columns))
     for class_name, row in summary.items():
@@ -498,6 +532,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, help="class probability to pass a thumbnail or key-frame "
                         "(default 0.8: precision over recall)")
     parser.add_argument("--window", type=float, help="seconds kept on each side of a key-frame (default 2)")
-    parser.add_argument("--workers", type=int, help="videos processed at once (default 4)")
+    parser.add_argument("--workers", type=int,
+                        help="videos processed at once: local processes or Ray tasks in flight (default 4)")
+    add_executor_arguments(parser)
     parser.add_argument("--config", type=Path, help="YAML with CrawlConfig keys (command-line values win)")
     parser.set_defaults(func=run)

@@ -11,6 +11,7 @@ Without ``data`` the synthetic world is generated and its web videos are served 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shutil
@@ -157,20 +158,22 @@ def eval_cam_stage(run: PipelineRun) -> dict:
 def crawl_stage(run: PipelineRun) -> dict:
     """§4: the configured source, or the world's videos served as web pages on 127.0.0.1."""
     from .cam import FrameAttention
-    from .crawl import crawl
+    from .crawl import crawl, load_scorer
     from .demo_world.loopback_site import LoopbackServer, serve_world_videos
 
     def work(folder: Path) -> dict:
-        attention = FrameAttention.load(run.out / "encoder")
-        settings = replace(run.config.crawl, classes=run.config.crawl.classes or tuple(attention.class_names),
+        class_names = FrameAttention.load(run.out / "encoder").class_names
+        settings = replace(run.config.crawl, classes=run.config.crawl.classes or tuple(class_names),
                            model=run.out / "encoder", out=folder)
+        executor = ExecutorConfig(workers=settings.workers)
+        load = functools.partial(load_scorer, settings.model, executor.threads_per_task())
         if run.world is None:
-            return {"summary": crawl(settings, attention.scores, attention.class_names)}
+            return {"summary": crawl(settings, load, class_names, executor)}
         with LoopbackServer() as server:
             pages = serve_world_videos(server, run.world / "web")
             write_json(folder / "pages.json", pages)
             settings = replace(settings, source="pages", pages=folder / "pages.json")
-            return {"summary": crawl(settings, attention.scores, attention.class_names)}
+            return {"summary": crawl(settings, load, class_names, executor)}
 
     return run_stage(run.out, "crawl", {"encoder": run.records["encoder"]["key"], "world": run.data_key,
                                         "crawl": dump_config(run.config.crawl)}, work)

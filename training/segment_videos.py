@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,21 +24,21 @@ if TYPE_CHECKING:
     from wsvs.training.cam import FrameAttention
 
 
-def load_attention(model_dir: Path, config: SegmentVideosConfig) -> FrameAttention:
+def load_attention(model_dir: Path, config: SegmentVideosConfig, device: str = "cpu") -> FrameAttention:
     from wsvs.training.cam import FrameAttention
 
-    model = FrameAttention.load(model_dir)
+    model = FrameAttention.load(model_dir, device)
     if config.attention_scales is not None:
         model.meta = dataclasses.replace(model.meta, scales=tuple(config.attention_scales))
     return model
 
 
-def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int) -> FrameAttention:
-    """The attention model of a worker process, which shares the cores with the other workers."""
+def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int, device: str) -> FrameAttention:
+    """The attention model of a worker process, on ``device`` and ``threads`` CPU threads."""
     import torch
 
     torch.set_num_threads(threads)
-    return load_attention(model_dir, config)
+    return load_attention(model_dir, config, device)
 
 
 def _check_classes(sources: list[VideoSource], class_names: list[str]) -> None:
@@ -66,10 +65,8 @@ def segment_videos(
     load_model = None
     if model_dir is not None:
         _check_classes(sources, load_attention(model_dir, config).class_names)
-        # A local worker shares this machine's cores with the others; a Ray task has the CPUs it reserved.
-        local_threads = max(1, (os.cpu_count() or 1) // executor.workers)
-        threads = max(1, round(executor.cpus_per_task)) if executor.kind == "ray" else local_threads
-        load_model = functools.partial(_load_in_worker, model_dir, config, threads)
+        load_model = functools.partial(_load_in_worker, model_dir, config, executor.threads_per_task(),
+                                       executor.device())
     settings = {"attention": "none" if model_dir is None else "cam",
                 "model": None if model_dir is None else str(model_dir.resolve()),
                 "config": dump_config(config)}
