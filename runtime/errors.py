@@ -12,3 +12,6 @@ class InputError(Exception):
         self.path = None if path is None else Path(path)
         self.problem = " ".join(str(problem).split())  # keep it on one line
         super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)
+
+    def __reduce__(self) -> tuple[type, tuple[Path | None, str]]:  # raised in a worker process, re-raised here
+        return InputError, (self.path, self.problem)

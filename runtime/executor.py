@@ -126,7 +126,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose where per-video tasks run; ``--workers`` is each stage's own."""
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local: processes on this machine (default); ray: Ray tasks on a cluster "
-                        "(pip install wsvs[cluster]), at most --workers in flight")
+                        "(pip install wsvs[cluster]), as many in flight as the stage's workers")
     parser.add_argument("--address", metavar="HOST:PORT",
                         help="the Ray head to join, or 'auto' on a cluster node; default: start Ray on this machine")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",

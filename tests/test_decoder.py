@@ -12,6 +12,7 @@ from torch import nn
 
 from wsvs.runtime.cli import main
 from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground
+from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.io import read_label_png, voc_palette, write_binary_png
 from wsvs.training.checkpoint import load_checkpoint
 from wsvs.training.fit import calibrate_threshold
@@ -103,6 +104,10 @@ def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir:
     again, _ = video_pairs(encoder_dir, videos, masks_dir, cache, config)
     assert (cache / f"{video_id}.npz").read_bytes() == cached
     np.testing.assert_array_equal(again.attention[2], pairs.attention[2])
+    # Computed in a worker process (the executor's local pool) instead: the same attention.
+    in_worker, _ = video_pairs(encoder_dir, videos, masks_dir, tmp_path / "cache2", config, ExecutorConfig(workers=2))
+    for got, expected in zip(in_worker.attention, pairs.attention, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def _disc_pairs(count: int, size: int = 32) -> Pairs:
