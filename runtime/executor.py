@@ -80,8 +80,11 @@ def map_unordered(
         token = uuid.uuid4().hex
         with ProcessPoolExecutor(max_workers=config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_call, fn, setup, token, item) for item in items]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            finally:  # on an error or Ctrl-C, stop at once: the items not done are the next run's
+                pool.shutdown(cancel_futures=True)
 
 
 _cached: dict[str, Any] = {}  # this worker process's context, by the token of the map that set it up
@@ -112,10 +115,14 @@ def _ray_map(fn: Callable[[Context, Item], Result], items: list[Item], config: E
     setup_ref = ray.put(setup)
     queue = iter(items)
     in_flight = [task.remote(fn, setup_ref, token, item) for item in _take(queue, config.workers)]
-    while in_flight:
-        done, in_flight = ray.wait(in_flight, num_returns=1)
-        in_flight += [task.remote(fn, setup_ref, token, item) for item in _take(queue, 1)]
-        yield ray.get(done[0])
+    try:
+        while in_flight:
+            done, in_flight = ray.wait(in_flight, num_returns=1)
+            in_flight += [task.remote(fn, setup_ref, token, item) for item in _take(queue, 1)]
+            yield ray.get(done[0])
+    finally:  # on an error or Ctrl-C, stop at once: the items not done are the next run's
+        for ref in in_flight:
+            ray.cancel(ref)
 
 
 def _take(queue: Iterator[Item], count: int) -> list[Item]:

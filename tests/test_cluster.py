@@ -219,3 +219,14 @@ def test_a_rerun_finishes_what_a_dead_cluster_left(videos: Path, local_outputs: 
     assert f"{len(SEQUENCES) - done} videos segmented, {done} already done" in stdout
     assert outputs(out) == local_outputs
     assert json.loads((out / "failures.json").read_text()) == {}
+
+
+def test_the_documented_cluster_yaml_is_valid() -> None:
+    """benchmarks/ray-cluster.yaml as `ray up` reads it: Ray's own schema and defaults for on-premise clusters."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((TESTS.parent / "benchmarks" / "ray-cluster.yaml").read_text()))
+    validate_config(config)
+    assert config["available_node_types"]["local.cluster.node"]["max_workers"] == 3
+    assert all("wsvs[train,cluster]" in command for command in config["setup_commands"])
