@@ -47,11 +47,12 @@ class ExecutorConfig:
         if self.workers < 1:
             raise InputError(None, f"--workers must be at least 1, got {self.workers}")
 
-    def threads_per_task(self) -> int:
-        """CPU threads a task's model may use: the CPUs a Ray task reserved, or a share of this machine's cores."""
+    def threads_per_task(self) -> int | None:
+        """CPU threads a task's model may use: the CPUs a Ray task reserved, or a local worker's share of this
+        machine's cores; None when the tasks run in this process, which keeps its own setting."""
         if self.kind == "ray":
             return max(1, round(self.cpus_per_task))
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return None if self.workers <= 1 else max(1, (os.cpu_count() or 1) // self.workers)
 
     def device(self) -> str:
         """Where a task's model runs: the GPU share a Ray task reserved (Ray sets its CUDA_VISIBLE_DEVICES), or

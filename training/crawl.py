@@ -476,13 +476,14 @@ def crawl(config: CrawlConfig, load_scorer: Callable[[], Scorer], class_names: S
     return summary
 
 
-def load_scorer(model: Path, threads: int, device: str = "cpu") -> Scorer:
+def load_scorer(model: Path, threads: int | None, device: str = "cpu") -> Scorer:
     """The encoder's class probabilities in a worker process, on ``device`` and ``threads`` CPU threads."""
     import torch
 
     from .cam import FrameAttention
 
-    torch.set_num_threads(threads)
+    if threads is not None:  # None: this process's own setting
+        torch.set_num_threads(threads)
     return FrameAttention.load(model, device).scores
 
 

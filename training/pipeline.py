@@ -167,7 +167,7 @@ def crawl_stage(run: PipelineRun) -> dict:
         settings = replace(run.config.crawl, classes=run.config.crawl.classes or tuple(class_names),
                            model=run.out / "encoder", out=folder)
         executor = replace(run.executor, workers=settings.workers)
-        load = functools.partial(load_scorer, settings.model, executor.threads_per_task())
+        load = functools.partial(load_scorer, settings.model, executor.threads_per_task(), executor.device())
         if run.world is None:
             return {"summary": crawl(settings, load, class_names, executor)}
         with LoopbackServer() as server:

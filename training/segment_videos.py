@@ -33,11 +33,12 @@ def load_attention(model_dir: Path, config: SegmentVideosConfig, device: str = "
     return model
 
 
-def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int, device: str) -> FrameAttention:
+def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int | None, device: str) -> FrameAttention:
     """The attention model of a worker process, on ``device`` and ``threads`` CPU threads."""
     import torch
 
-    torch.set_num_threads(threads)
+    if threads is not None:  # None: this process's own setting
+        torch.set_num_threads(threads)
     return load_attention(model_dir, config, device)
 
 

@@ -167,13 +167,14 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
                  masks=np.stack(masks) if masks else empty.astype(bool))
 
 
-def _load_attention(model_dir: Path, device: str, threads: int) -> FrameAttention:
+def _load_attention(model_dir: Path, device: str, threads: int | None) -> FrameAttention:
     """The encoder's attention in a worker process that caches videos, on ``threads`` CPU threads."""
     import torch
 
     from .cam import FrameAttention
 
-    torch.set_num_threads(threads)
+    if threads is not None:  # None: this process's own setting
+        torch.set_num_threads(threads)
     return FrameAttention.load(model_dir, resolve_device(device))
 
 
