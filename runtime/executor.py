@@ -144,5 +144,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def executor_from_args(args: argparse.Namespace, workers: int) -> ExecutorConfig:
+    if args.executor != "ray" and args.address is not None:
+        raise InputError(None, "--address is the Ray cluster's: add --executor ray")
     return ExecutorConfig(kind=args.executor, workers=workers, address=args.address,
                           cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)

@@ -261,6 +261,12 @@ def test_without_torch_and_ray_runs_locally_and_the_ray_executor_says_what_to_in
     assert last == "wsvs segment-videos: error: the ray executor needs Ray: install wsvs[cluster]"
 
 
+def test_an_address_without_the_ray_executor_is_refused(mp4_videos: Path, tmp_path: Path, capsys) -> None:
+    assert segment(mp4_videos, tmp_path / "out", "--address", "127.0.0.1:6379") == 2
+    assert capsys.readouterr().err == "wsvs segment-videos: error: --address is the Ray cluster's: add --executor ray\n"
+    assert not (tmp_path / "out").exists()
+
+
 # -- the paper's path: encoder relevance scores and CAM attention ----------------------------------------------
 
 
