@@ -461,15 +461,16 @@ def crawl(config: CrawlConfig, load_scorer: Callable[[], Scorer], class_names: S
     setup = functools.partial(_class_scorer, load_scorer, class_names, config.score_max_side)
     work = functools.partial(_crawl_video, config=config)
     listed: dict[str, int] = {}
+    todo = []  # every class's videos in one batch: the workers load the scorer once, with no wait between classes
     with ThreadPoolExecutor(max(1, config.workers)) as pool:  # resolves web pages
         for class_name in config.classes:
             videos = list_videos(class_name, config, pages.get(class_name, []), pool)
             listed[class_name] = len(videos)
-            todo = [(class_name, v, manifest.get(class_name, v["id"])) for v in videos
-                    if (manifest.get(class_name, v["id"]) or {}).get("state") not in ("done", "rejected")]
-            results = map_unordered(work, todo, executor or ExecutorConfig(workers=config.workers), setup)
-            for record in tqdm(results, total=len(todo), desc=f"crawl {class_name}", unit="video"):
-                manifest.put(record)  # the worker appended it too; this process's view is what is summarised
+            todo += [(class_name, v, manifest.get(class_name, v["id"])) for v in videos
+                     if (manifest.get(class_name, v["id"]) or {}).get("state") not in ("done", "rejected")]
+    results = map_unordered(work, todo, executor or ExecutorConfig(workers=config.workers), setup)
+    for record in tqdm(results, total=len(todo), desc="crawl", unit="video"):
+        manifest.put(record)  # the worker appended it too; this process's view is what is summarised
     manifest.compact()
     summary = summarise(manifest, listed, config.threshold)
     write_json(config.out / "summary.json", summary)

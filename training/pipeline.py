@@ -56,7 +56,7 @@ class PipelineConfig:
     eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     segment_videos: SegmentVideosConfig = field(default_factory=SegmentVideosConfig)
-    video_workers: int = 2  # videos at once in segment_videos and the decoder's attention cache
+    video_workers: int = 2  # videos at once in segment_videos (and, on a Ray cluster, the decoder's attention cache)
     decoder: TrainDecoderConfig = field(default_factory=TrainDecoderConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -197,7 +197,9 @@ def decoder_stage(run: PipelineRun) -> dict:
     from .train_decoder import train_decoder
 
     def work(folder: Path) -> dict:
-        executor = replace(run.executor, workers=run.config.video_workers)
+        # On this machine torch already spreads a video's frames over the cores: one process; on a cluster, many.
+        workers = run.config.video_workers if run.executor.kind == "ray" else 1
+        executor = replace(run.executor, workers=workers)
         _, counts = train_decoder(run.out / "encoder", run.out / "crawl" / "clips", run.out / "segment_videos",
                                   folder, run.config.decoder, True, executor)
         return {"frames": counts}
