@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,6 +89,7 @@ class Cluster:
             except ProcessLookupError:
                 pass
         self.head.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def task_worker(cluster: Cluster, timeout_s: float = 60) -> int:
