@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU wheel; a CUDA build of torch is gigabytes and CI has no GPU.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,cluster,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,train,crawl,cluster,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,8 +35,9 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) runs
 
-# GPU tests and the pooling kernel beside numpy on this machine's NVIDIA GPU (benchmarks/gpu_check.py), with
-# $(PYTHON) as it is: no .venv, nothing installed. Without a GPU it says so in one line and exits 0.
-GPU_CHECK_OUT ?= runs/gpu-check
+# The GPU report of benchmarks/gpu_check.py (environment, GPU tests, pooling kernel, model latency on torch, ONNX
+# Runtime CUDA and TensorRT where installed), with $(PYTHON) as it is: no .venv, nothing installed, no network.
+# Without a GPU it writes a report saying so and exits 0.
+GPU_CHECK_OUT ?= benchmarks/results
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)

@@ -76,7 +76,7 @@ def main() -> None:
         for size in args.sizes:
             for batch in args.batches:
                 inputs = normalise(synthetic_images(batch, size, size, seed=batch), meta.mean, meta.std)
-                labels = {p: backend.run(inputs)["labels"] for p, backend in backends.items()}
+                labels = {p: backend.run(inputs, ("labels",))["labels"] for p, backend in backends.items()}
                 p50 = {p: 1e3 * float(np.median(time_calls(lambda b=backend, x=inputs: b.run(x), args.iterations,
                                                            args.warmup)))
                        for p, backend in backends.items()}

@@ -23,10 +23,7 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from wsvs.cuda_kernels import pooling
 from wsvs.runtime import cuda_api
@@ -65,6 +62,10 @@ def copy_rate() -> float:
 
 def onnx_pool(batch: int, channels: int, superpixels: int) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
     """An ONNX Runtime (CPU) session computing sums (B*S, C) float64 and counts (B*S,) int64."""
+    import onnx  # imported here: `make gpu-check` runs the GPU rows where neither onnx nor onnxruntime is installed
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
     pixels = batch * HEIGHT * WIDTH
     constant = {
         "offsets": np.arange(batch, dtype=np.int64).reshape(batch, 1, 1) * superpixels,
@@ -291,7 +292,9 @@ def main() -> None:
     print(header, rule, sep="\n")
     for superpixels, channels in CASES:
         print(table_row(superpixels, channels, copy, gpu))
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, onnxruntime {ort.__version__}")
+    import onnxruntime
+
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}")
 
 
 if __name__ == "__main__":

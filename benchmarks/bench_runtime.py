@@ -22,7 +22,7 @@ def tiny_model(folder: Path) -> None:
     import torch
 
     from wsvs.export import onnx_export
-    from wsvs.runtime.contract import ArchConfig, ModelMetadata
+    from wsvs.runtime.contract import ArchConfig, ModelMetadata, checkpoint_digest
     from wsvs.training.checkpoint import save_checkpoint
     from wsvs.training.models import WSVSModel
 
@@ -31,7 +31,8 @@ def tiny_model(folder: Path) -> None:
     model = WSVSModel(arch).eval()
     meta = ModelMetadata(class_names=[f"class{i}" for i in range(20)], arch=arch, class_threshold=0.45)
     save_checkpoint(folder, model, meta)
-    onnx_export.export_onnx(model, meta, onnx_export.GraphPaths.beside(folder / "model.onnx"), 17, top_k=3)
+    onnx_export.export_onnx(model, meta, onnx_export.GraphPaths.beside(folder / "model.onnx"), 17, top_k=3,
+                            checkpoint_sha256=checkpoint_digest(folder))
 
 
 def main() -> None:

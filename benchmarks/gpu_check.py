@@ -1,22 +1,33 @@
-"""`make gpu-check`: the GPU tests and the pooling kernel beside the numpy path, on this machine's NVIDIA GPU.
+"""`make gpu-check`: what the repo's GPU code does on this machine's NVIDIA GPU, in one report.
 
-    make gpu-check [PYTHON=python3] [GPU_CHECK_OUT=runs/gpu-check]
+    make gpu-check [PYTHON=python3] [GPU_CHECK_OUT=benchmarks/results]
     python3 benchmarks/gpu_check.py [--out DIR] [--batches 1 8 32 128]
 
-Runs with the interpreter it is started with (an existing CUDA PyTorch environment will do) and installs
-nothing: the repo's packages are imported from this tree through a temporary folder of links laid out as
-``wsvs`` (pyproject's package-dir), also in the child processes (PYTHONPATH). The interpreter needs numpy,
-OpenCV, Pillow, PyYAML, onnx, onnxruntime, pytest, pytest-benchmark and cuda-python (cuda-bindings 12 or 13)
-with an NVRTC library (the nvidia-cuda-nvrtc wheel or a CUDA toolkit's); torch is optional.
+Runs with the interpreter it is started with and installs nothing, reaching no network: the repo's packages are
+imported from this tree through a temporary folder of links laid out as ``wsvs`` (pyproject's package-dir), also
+in the child processes (PYTHONPATH). It needs numpy, OpenCV and Pillow (the runtime's modules import them) and
+pytest; the GPU steps cuda-bindings with an NVRTC library (a wheel or a CUDA toolkit's) and a CUDA PyTorch for
+the model; CuPy, onnx, onnxruntime-gpu and TensorRT are used where present. Meant to finish in under 5 minutes.
 
-Steps: nvidia-smi and the versions; ``pytest -m gpu`` on every test file with GPU tests (a file that cannot
-be imported for want of a module, e.g. PyAV, is listed as not collected with that reason); the pooling
-benchmark at 480x360 on the GPU and the CPU (``bench_pooling.gpu_vs_cpu_row``). Results go to
-DIR/gpu_check.json and DIR/gpu_check.md, the pytest report to DIR/pytest.xml.
+Steps, each recorded as passed, failed or skipped with its reason:
 
-Exit status: 0 when all of it ran and passed, and also when the machine has no NVIDIA GPU (one line says so and
-nothing runs); 1 when a test failed or errored, a GPU test was skipped although a GPU is present, or the
-benchmark failed; 2 when this interpreter lacks what the check needs.
+- environment: nvidia-smi, the driver, `wsvs doctor`'s lines (ONNX Runtime and providers, CUDA, NVRTC, TensorRT,
+  CuPy), torch, the Python packages;
+- gpu-tests: ``pytest -m gpu`` on every test file with GPU tests (a file that cannot be imported for want of a
+  module is listed as not collected, with that module);
+- pooling: the kernel compiled with NVRTC, its results against the numpy reference, and its effective bandwidth
+  against the device-to-device copy bandwidth (CuPy, else torch), target >= 70% at the largest batch;
+- torch: latency of the paper-size model (VGG-16 encoder, 20 classes) on CUDA, images at 321x321 and 4 video
+  frames at 320x180;
+- ort-cuda, tensorrt: the same model exported to ONNX, on ONNX Runtime's CUDA provider and as a TensorRT engine:
+  labels against torch and latency (skipped, with the reason, where the package is missing).
+
+Writes ``gpu_check_<device>_<versions>.json`` and ``.md`` into DIR (default benchmarks/results). On a machine
+without an NVIDIA GPU it still writes them, saying so, with the GPU steps skipped.
+
+Exit status: 0 when every step that could run passed (also without a GPU); 1 when a step failed or a GPU test
+was skipped for want of a GPU although nvidia-smi lists one; 2 when the interpreter lacks a module the check
+needs (named in one line).
 """
 
 from __future__ import annotations
@@ -27,17 +38,25 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
-CUDA_WHEELS = ("cuda-python", "cuda-pathfinder", "nvidia-cuda-nvrtc", "nvidia-cuda-nvrtc-cu12", "cupy-cuda13x")
 NO_GPU = "no NVIDIA GPU / CUDA driver"  # the skip reason of the kernel's GPU tests
-PEAK_BANDWIDTH = {"H200": 4.8e12}  # bytes/s, HBM peak from NVIDIA's data sheet, by a word of the GPU's name
+COPY_TARGET = 0.70  # the pooling kernel's effective bandwidth, as a fraction of the device's copy bandwidth
+PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12",
+            "tensorrt-cu13", "cuda-python", "cuda-bindings", "cuda-pathfinder", "nvidia-cuda-nvrtc",
+            "nvidia-cuda-nvrtc-cu12", "cupy-cuda12x", "cupy-cuda13x", "pytest")
+LATENCY_SHAPES = ((1, 3, 321, 321), (4, 3, 180, 320))  # an image at the training size; 4 frames of 320x180 video
 
 
 def gpu_names() -> list[str]:
@@ -81,62 +100,52 @@ def version_of(distribution: str) -> str | None:
         return None
 
 
-TORCH_PROBE = (
-    "import json, torch; c = torch.cuda.is_available(); print(json.dumps({'version': torch.__version__, "
-    "'cuda': torch.version.cuda, 'cuda_available': c, 'device': torch.cuda.get_device_name(0) if c else None}))"
-)
+def environment(gpus: list[str]) -> dict:
+    """nvidia-smi, `wsvs doctor`'s lines and the versions of the packages the check can use."""
+    from wsvs.runtime import doctor
 
-
-def environment() -> dict:
-    """nvidia-smi, the driver, NVRTC and the Python packages the check uses."""
-    from cuda.bindings import driver  # ImportError here: this Python lacks cuda-python
-
-    from wsvs.runtime import cuda_api
-
-    smi = command_output(["nvidia-smi"])
-    query = command_output(
-        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem",
-         "--format=csv,noheader"]
-    )  # fmt: skip
-    fields = [part.strip() for part in (query.splitlines() or [""])[0].split(",")]
-    name, driver_version, memory, sm_clock, memory_clock = (fields + ["?"] * 5)[:5]
-    cuda_in_smi = re.search(r"CUDA Version:\s*([\d.]+)", smi)
-    _, nvrtc_major, nvrtc_minor = cuda_api.nvrtc().nvrtcVersion()
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
-
-        nvrtc_path = load_nvidia_dynamic_lib("nvrtc").abs_path
-    except Exception as error:  # older cuda-python without pathfinder, or a lookup it cannot explain
-        nvrtc_path = f"(not reported: {error})"
-    driver_api = cuda_api.check(driver.cuDriverGetVersion())
-    torch_line = command_output([sys.executable, "-c", TORCH_PROBE]).splitlines()
-    try:
-        torch_info = json.loads(torch_line[-1])
-    except (IndexError, json.JSONDecodeError):
-        torch_info = {"version": None, "note": (torch_line or ["not importable"])[-1]}
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-    import onnxruntime
-
-    return {
-        "gpu": name,
-        "gpu_memory": memory,
-        "max_clocks": f"SM {sm_clock}, memory {memory_clock}",
-        "driver": driver_version,
-        "cuda_driver_api": f"{driver_api // 1000}.{driver_api % 1000 // 10}",
-        "cuda_in_nvidia_smi": cuda_in_smi.group(1) if cuda_in_smi else None,
-        "nvrtc": f"{nvrtc_major}.{nvrtc_minor}",
-        "nvrtc_library": nvrtc_path,
-        "nvcc": command_output([nvcc, "--version"]).splitlines()[-1] if nvcc else None,
+    lines, _ = doctor.report(None)
+    env = {
+        "gpus": gpus,
+        "doctor": lines,
         "python": f"{platform.python_version()} ({sys.executable})",
-        "cuda_bindings": version_of("cuda-bindings"),
-        "cuda_wheels": {name: version_of(name) for name in CUDA_WHEELS if version_of(name)},
-        "torch": torch_info,
-        "numpy": version_of("numpy"),
-        "onnxruntime": f"{onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})",
-        "pytest": version_of("pytest"),
+        "packages": {name: version for name in PACKAGES if (version := version_of(name))},
         "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "nvidia_smi": smi,
+        "nvidia_smi": command_output(["nvidia-smi"]) if gpus else None,
     }
+    if gpus:
+        query = command_output(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,"
+                                "clocks.max.mem", "--format=csv,noheader"])
+        fields = [part.strip() for part in (query.splitlines() or [""])[0].split(",")]
+        env |= dict(zip(("gpu", "driver", "gpu_memory", "max_sm_clock", "max_memory_clock"), fields))
+    return env
+
+
+def result_name(env: dict) -> str:
+    """gpu_check_<device>_<driver, torch, cuda-bindings versions>, in characters safe for a file name."""
+    packages = env["packages"]
+    parts = [env.get("gpu") or "no-gpu", f"driver-{env.get('driver', 'none')}", f"torch-{packages.get('torch')}",
+             f"cuda-bindings-{packages.get('cuda-bindings')}"]
+    return "gpu_check_" + "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", part).strip("-") for part in parts)
+
+
+def skipped(reason: str) -> dict:
+    return {"status": "skipped", "reason": reason}
+
+
+def run_step(name: str, step: Callable[[], dict]) -> dict:
+    """A step's result; an exception is recorded as the step's failure, and the other steps still run."""
+    started = time.perf_counter()
+    try:
+        result = step()
+    except Exception as error:
+        result = {"status": "failed", "reason": f"{type(error).__name__}: {str(error).strip()[:2000]}"}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"gpu-check: {name}: {result['status']} ({result['seconds']} s) {result.get('reason', '')}", flush=True)
+    return result
+
+
+# ---- GPU tests ----
 
 
 def gpu_test_files() -> tuple[list[str], dict[str, str]]:
@@ -172,152 +181,298 @@ def junit_summary(report: Path) -> dict:
                 break
         tests.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome, "message": message})
     outcomes = ("passed", "failed", "error", "skipped")
-    counts = {outcome: sum(t["outcome"] == outcome for t in tests) for outcome in outcomes}
-    return {"counts": counts, "tests": tests}
+    return {"counts": {outcome: sum(t["outcome"] == outcome for t in tests) for outcome in outcomes}, "tests": tests}
 
 
-def run_gpu_tests(out: Path) -> dict:
+def gpu_tests() -> dict:
     files, not_collected = gpu_test_files()
-    for file, reason in not_collected.items():
-        print(f"gpu-check: {file}: {reason}")
-    report = out / "pytest.xml"
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={report}", *files]
-    print("gpu-check:", " ".join(command[1:]), flush=True)
-    returncode = subprocess.run(command, cwd=REPO).returncode if files else 5
-    summary = junit_summary(report) if report.exists() else {"counts": {}, "tests": []}
-    return {"command": " ".join(["pytest", *command[3:]]), "files": files, "not_collected": not_collected,
-            "returncode": returncode, **summary}  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "pytest.xml"
+        command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                   f"--junitxml={report}", *files]
+        returncode = subprocess.run(command, cwd=REPO, timeout=240).returncode if files else 5
+        summary = junit_summary(report) if report.exists() else {"counts": {}, "tests": []}
+    problems = []
+    if returncode not in (0, 5) or summary["counts"].get("failed") or summary["counts"].get("error"):
+        problems.append(f"pytest exited with {returncode}")
+    if not summary["counts"].get("passed"):
+        problems.append("no GPU test passed")
+    for test in summary["tests"]:
+        if test["outcome"] == "skipped" and NO_GPU in test["message"]:
+            problems.append(f"{test['test']} skipped for want of a GPU, although nvidia-smi lists one")
+    return {"status": "failed" if problems else "passed", "reason": "; ".join(problems),
+            "command": " ".join(["pytest -m gpu", *files]), "files": files,
+            "not_collected": not_collected, **summary}
 
 
-def run_pooling(batches: list[int], superpixels: int, channels: int, peak: float | None) -> dict:
+# ---- the pooling kernel ----
+
+
+def device_copy_rate(nbytes: int = 2**30) -> tuple[float, str]:
+    """Bytes read + written per second by a device-to-device copy of ``nbytes`` (median of 5 after a warm-up,
+    CUDA events), with CuPy, else torch; and which of them measured it."""
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    if cupy is not None:
+        source, target = cupy.ones(nbytes // 4, cupy.float32), cupy.empty(nbytes // 4, cupy.float32)
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        timings = []
+        for _ in range(6):
+            start.record()
+            cupy.copyto(target, source)
+            end.record()
+            end.synchronize()
+            timings.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        return 2 * nbytes / statistics.median(timings[1:]), f"CuPy {cupy.__version__} copyto"
+    import torch
+
+    source, target = torch.ones(nbytes // 4, device="cuda"), torch.empty(nbytes // 4, device="cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    timings = []
+    for _ in range(6):
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        timings.append(start.elapsed_time(end) / 1e3)
+    return 2 * nbytes / statistics.median(timings[1:]), f"torch {torch.__version__} copy_"
+
+
+def pooling(batches: list[int], superpixels: int, channels: int) -> dict:
+    """Compile (NVRTC, at first use), parity with numpy (``gpu_vs_cpu_row`` asserts it) and bandwidth."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_pooling
 
-    from wsvs.cuda_kernels import pooling
+    from wsvs.cuda_kernels import pooling as kernels
 
-    gpu = pooling.default_executor()
-    copy = bench_pooling.gpu_copy_rate(gpu)
-    print(f"gpu-check: device-to-device copy of 1 GiB: {copy / 1e12:.2f} TB/s (read + written)", flush=True)
+    gpu = kernels.default_executor()
+    copy, measured_by = device_copy_rate()
     rows = []
     for batch in batches:
         row = bench_pooling.gpu_vs_cpu_row(gpu, batch, superpixels, channels)
         row["kernel_bytes_per_s"] = row["bytes_moved"] / row["kernel_s"]
         row["of_copy_rate"] = row["kernel_bytes_per_s"] / copy
-        row["of_peak"] = row["kernel_bytes_per_s"] / peak if peak else None
-        row["cpu_over_kernel"] = row["cpu_s"] / row["kernel_s"]
-        row["cpu_over_end_to_end"] = row["cpu_s"] / row["end_to_end_s"]
-        print(f"gpu-check: pooling B={batch}: {json.dumps(row)}", flush=True)
         rows.append(row)
-    return {"arch": gpu.arch, "height": bench_pooling.HEIGHT, "width": bench_pooling.WIDTH, "copy_rate": copy,
-            "peak_bandwidth": peak, "rows": rows}  # fmt: skip
+    largest = rows[-1]["of_copy_rate"]
+    reason = (f"at B={batches[-1]} the kernels move {largest:.0%} of the copy bandwidth, under the "
+              f"{COPY_TARGET:.0%} target" if largest < COPY_TARGET else "")
+    return {"status": "failed" if reason else "passed", "reason": reason, "arch": gpu.arch,
+            "height": bench_pooling.HEIGHT, "width": bench_pooling.WIDTH, "copy_rate": copy,
+            "copy_measured_by": measured_by, "rows": rows}
 
 
-def ratio(value: float) -> str:
-    return f"{value:.0f}x" if value >= 10 else f"{value:.2g}x"
+# ---- the model on torch, ONNX Runtime CUDA and TensorRT ----
+
+
+def median_ms(run: Callable[[], object], synchronize: Callable[[], object], iterations: int = 20) -> float:
+    for _ in range(3):
+        run()
+    synchronize()
+    timings = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        run()
+        synchronize()
+        timings.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(timings)
+
+
+class ModelCheck:
+    """The paper-size model (random weights: latency and parity do not depend on training) on torch CUDA, and the
+    reference labels the other backends must give."""
+
+    top_k = 3
+
+    def __init__(self) -> None:
+        import torch
+
+        from wsvs.runtime.contract import ArchConfig, ModelMetadata
+        from wsvs.training.graphs import graph_modules
+        from wsvs.training.models import WSVSModel
+
+        torch.manual_seed(0)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references
+        arch = ArchConfig(num_classes=20)
+        self.model = WSVSModel(arch).eval()
+        self.meta = ModelMetadata(class_names=[f"class{i}" for i in range(20)], arch=arch)
+        self.segmenter = graph_modules(self.model, self.meta, self.top_k)["segmenter"].cuda()
+        rng = np.random.default_rng(0)
+        self.inputs = [rng.standard_normal(shape, dtype=np.float32) for shape in LATENCY_SHAPES]
+        self.torch = torch
+        self.references = [self.run_torch(x)["labels"] for x in self.inputs]
+
+    def run_torch(self, inputs) -> dict:
+        torch = self.torch
+        with torch.no_grad():
+            outputs = self.segmenter(torch.from_numpy(inputs).cuda())
+        return {"labels": outputs[3].cpu().numpy()}
+
+    def torch_latency(self) -> dict:
+        torch = self.torch
+        rows = []
+        for x in self.inputs:
+            device_inputs = torch.from_numpy(x).cuda()
+            with torch.no_grad():
+                ms = median_ms(lambda d=device_inputs: self.segmenter(d), torch.cuda.synchronize)
+            rows.append({"shape": list(x.shape), "ms": ms})
+        return {"status": "passed", "torch": torch.__version__, "rows": rows}
+
+    def backend_rows(self, backend) -> dict:
+        """Labels against torch (fraction equal) and latency of a runtime backend, per input shape."""
+        rows = []
+        for x, reference in zip(self.inputs, self.references):
+            labels = backend.run(x, ("labels",))["labels"]
+            agreement = float(np.mean(labels == reference))
+            rows.append({"shape": list(x.shape), "labels_equal": agreement,
+                         "ms": median_ms(lambda b=backend, x=x: b.run(x, ("labels",)), lambda: None)})
+        problems = [f"{row['shape']}: labels equal on {row['labels_equal']:.4%}" for row in rows
+                    if row["labels_equal"] < 0.999]
+        return {"status": "failed" if problems else "passed", "reason": "; ".join(problems),
+                "backend": backend.describe(), "rows": rows}
+
+    def onnx(self, folder: Path) -> Path:
+        from wsvs.export import onnx_export
+
+        paths = onnx_export.GraphPaths.beside(folder / "model.onnx")
+        if not paths.segmenter.exists():
+            onnx_export.export_onnx(self.model, self.meta, paths, 17, self.top_k)
+        return paths.segmenter
+
+    def ort_cuda(self, folder: Path) -> dict:
+        try:
+            import onnx  # noqa: F401  (the model's export)
+            import onnxruntime
+        except ImportError as error:
+            return skipped(f"{error.name} is not installed")
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return skipped(f"onnxruntime {onnxruntime.__version__} has no CUDA provider (onnxruntime-gpu is not "
+                           "installed)")
+        from wsvs.runtime.backends import OnnxRuntimeBackend
+
+        return self.backend_rows(OnnxRuntimeBackend(self.onnx(folder), "ort-cuda"))
+
+    def tensorrt(self, folder: Path) -> dict:
+        try:
+            import onnx
+            import tensorrt  # noqa: F401
+        except ImportError as error:
+            return skipped(f"{error.name} is not installed")
+
+        from wsvs.export import onnx_export, tensorrt_build
+        from wsvs.runtime.backends import TensorRTBackend
+
+        segmenter = self.onnx(folder)
+        engine = folder / "model.engine"
+        shapes = ((1, 3, 180, 180), (1, 3, 321, 321), (4, 3, 321, 321))  # covers LATENCY_SHAPES
+        metadata = onnx_export.read_metadata(onnx.load(str(segmenter), load_external_data=False))
+        tensorrt_build.build_engine(segmenter, engine, shapes, "fp32", metadata)
+        return self.backend_rows(TensorRTBackend(engine))
+
+
+# ---- the report ----
 
 
 def markdown(result: dict) -> str:
-    env, tests = result["environment"], result["pytest"]
-    torch_info = env["torch"]
-    lines = [
-        "# GPU check",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"- GPU: {env['gpu']} ({env['gpu_memory']}; max clocks {env['max_clocks']}), {env['cpu']}",
-        f"- driver {env['driver']} (CUDA {env['cuda_in_nvidia_smi']} per nvidia-smi, "
-        f"driver API {env['cuda_driver_api']})",
-        f"- NVRTC {env['nvrtc']} ({env['nvrtc_library']}); cuda-bindings {env['cuda_bindings']}; nvcc: {env['nvcc']}",
-        "- " + ", ".join(f"{name} {version}" for name, version in env["cuda_wheels"].items()),
-        f"- Python {env['python']}; numpy {env['numpy']}; onnxruntime {env['onnxruntime']}; pytest {env['pytest']}",
-        f"- torch {torch_info.get('version')} (CUDA {torch_info.get('cuda')}, sees the GPU: "
-        f"{torch_info.get('cuda_available')})",
-        "",
-        "## GPU tests",
-        "",
-        f"`{tests['command']}`: " + ", ".join(f"{n} {k}" for k, n in tests["counts"].items() if n),
-        "",
-    ]
-    for test in tests["tests"]:
+    env = result["environment"]
+    lines = ["# GPU check", "", f"Command: `{result['command']}`", ""]
+    if not result["gpu_present"]:
+        lines += ["**No NVIDIA GPU on this machine** (nvidia-smi missing or lists none): the GPU steps were skipped.",
+                  ""]
+    else:
+        lines += [f"- GPU: {env.get('gpu')} ({env.get('gpu_memory')}; max clocks SM {env.get('max_sm_clock')}, "
+                  f"memory {env.get('max_memory_clock')}), driver {env.get('driver')}", ""]
+    lines += [f"- Python {env['python']}; {env['cpu']}",
+              "- " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()), "",
+              "`wsvs doctor`:", "", "```", *env["doctor"], "```", "", "## Steps", "",
+              "| step | status | s | detail |", "|---|---|---:|---|"]
+    for name, step in result["steps"].items():
+        detail = str(step.get("reason", "")).replace("|", "/").replace("\n", " ")
+        lines.append(f"| {name} | {step['status']} | {step.get('seconds', '')} | {detail} |")
+    tests = result["steps"].get("gpu-tests", {})
+    for test in tests.get("tests", []):
         if test["outcome"] != "passed":
             lines.append(f"- {test['outcome']}: `{test['test']}`: {test['message']}")
-    for file, reason in tests["not_collected"].items():
+    for file, reason in tests.get("not_collected", {}).items():
         lines.append(f"- `{file}`: {reason}")
-    for problem in result["problems"]:
-        lines.append(f"- problem: {problem}")
-    pool = result.get("pooling")
-    if pool:
-        peak = pool["peak_bandwidth"]
-        lines += [
-            "",
-            f"## Superpixel pooling at {pool['width']}x{pool['height']} ({pool['arch']})",
-            "",
-            "Medians. kernels: the two kernels alone, CUDA events around each launch; device: launch_pool with its "
-            "output allocations and memsets; end to end: host arrays to host arrays (pageable copies); CPU: "
-            "`wsvs.runtime.pooling.superpixel_pool` (numpy) on the same arrays. Bytes: labels and maps read once, "
-            f"sums, counts and means written once. Device-to-device copy: {pool['copy_rate'] / 1e12:.2f} TB/s.",
-            "",
-            "| B | S | C | input MB | CPU ms | kernels ms | device ms | end-to-end ms | CPU / kernels "
-            "| CPU / end-to-end | kernels GB/s | of copy rate |" + (f" of {peak / 1e12:.1f} TB/s |" if peak else ""),
-            "|" + "---:|" * (12 + bool(peak)),
-        ]
+    pool = result["steps"].get("pooling", {})
+    if pool.get("rows"):
+        lines += ["", f"## Superpixel pooling at {pool['width']}x{pool['height']} ({pool['arch']})", "",
+                  "Medians. kernels: the two kernels alone, CUDA events around each launch; end to end: host arrays "
+                  "to host arrays; CPU: the numpy reference. Bytes: labels and maps read once, sums, counts and "
+                  f"means written once. Device-to-device copy ({pool['copy_measured_by']}): "
+                  f"{pool['copy_rate'] / 1e12:.2f} TB/s (read + written); target {COPY_TARGET:.0%} of it.", "",
+                  "| B | S | C | input MB | CPU ms | kernels ms | end-to-end ms | kernels GB/s | of copy rate |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in pool["rows"]:
-            lines.append(
-                f"| {row['batch']} | {row['superpixels']} | {row['channels']} | {row['input_bytes'] / 1e6:.1f} "
-                f"| {row['cpu_s'] * 1e3:.2f} | {row['kernel_s'] * 1e3:.4f} | {row['device_pool_s'] * 1e3:.4f} "
-                f"| {row['end_to_end_s'] * 1e3:.2f} | {ratio(row['cpu_over_kernel'])} "
-                f"| {ratio(row['cpu_over_end_to_end'])} "
-                f"| {row['kernel_bytes_per_s'] / 1e9:.0f} | {row['of_copy_rate']:.0%} |"
-                + (f" {row['of_peak']:.0%} |" if peak else "")
-            )
-    lines += ["", "## nvidia-smi", "", "```", env["nvidia_smi"], "```", ""]
-    return "\n".join(lines)
+            lines.append(f"| {row['batch']} | {row['superpixels']} | {row['channels']} | "
+                         f"{row['input_bytes'] / 1e6:.1f} | {row['cpu_s'] * 1e3:.2f} | {row['kernel_s'] * 1e3:.4f} | "
+                         f"{row['end_to_end_s'] * 1e3:.2f} | {row['kernel_bytes_per_s'] / 1e9:.0f} | "
+                         f"{row['of_copy_rate']:.0%} |")
+    model_rows = [(name, row) for name in ("torch", "ort-cuda", "tensorrt")
+                  for row in result["steps"].get(name, {}).get("rows", [])]
+    if model_rows:
+        lines += ["", "## Model latency (VGG-16 encoder, 20 classes, fp32, median of 20)", "",
+                  "| backend | input | ms | labels equal to torch |", "|---|---|---:|---:|"]
+        for name, row in model_rows:
+            agreement = f"{row['labels_equal']:.4%}" if "labels_equal" in row else "(reference)"
+            lines.append(f"| {name} | {'x'.join(map(str, row['shape']))} | {row['ms']:.2f} | {agreement} |")
+    if env.get("nvidia_smi"):
+        lines += ["", "## nvidia-smi", "", "```", env["nvidia_smi"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def run_steps(args: argparse.Namespace, gpus: list[str]) -> dict[str, dict]:
+    names = ("gpu-tests", "pooling", "torch", "ort-cuda", "tensorrt")
+    if not gpus:
+        return {name: skipped("no NVIDIA GPU on this machine") for name in names}
+    steps = {"gpu-tests": run_step("gpu-tests", gpu_tests),
+             "pooling": run_step("pooling", lambda: pooling(args.batches, args.superpixels, args.channels))}
+    try:
+        check = ModelCheck()
+    except Exception as error:  # no torch, or torch without CUDA: the model steps cannot run
+        reason = f"the torch model does not run on CUDA here: {type(error).__name__}: {error}"
+        return steps | {name: skipped(reason) for name in names[2:]}
+    with tempfile.TemporaryDirectory(prefix="wsvs-gpu-check-model-") as folder:
+        steps["torch"] = run_step("torch", check.torch_latency)
+        steps["ort-cuda"] = run_step("ort-cuda", lambda: check.ort_cuda(Path(folder)))
+        steps["tensorrt"] = run_step("tensorrt", lambda: check.tensorrt(Path(folder)))
+    return steps
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="folder for the results")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128],
+                        help="pooling batch sizes (480x360 images); the target applies to the largest")
+    parser.add_argument("--superpixels", type=int, default=800)
+    parser.add_argument("--channels", type=int, default=5)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu-check", help="folder for the results")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
-    parser.add_argument("--superpixels", type=int, default=800)
-    parser.add_argument("--channels", type=int, default=5)
-    parser.add_argument("--peak-bandwidth", type=float, help="the GPU's memory bandwidth in bytes/s (H200: known)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     gpus = gpu_names()
-    if not gpus:
-        print("gpu-check: no NVIDIA GPU on this machine (nvidia-smi missing or lists none); nothing was run")
-        return 0
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wsvs-gpu-check-") as folder:
+        link_packages(Path(folder))
         try:
-            link_packages(Path(folder))
-            env = environment()
+            env = environment(gpus)
         except ImportError as error:
-            print(f"gpu-check: {sys.executable} lacks a module the check needs: {error}")
+            print(f"gpu-check: {sys.executable} lacks the module {error.name}, which the check needs")
             return 2
-        except RuntimeError as error:  # cuda-python finds no driver or NVRTC although nvidia-smi lists a GPU
-            print(f"gpu-check: {', '.join(gpus)} listed, but CUDA is not usable from Python: {error}")
-            return 1
-        print(env["nvidia_smi"])
-        print(json.dumps({k: v for k, v in env.items() if k != "nvidia_smi"}, indent=1), flush=True)
-        result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "environment": env, "problems": []}
-        result["pytest"] = tests = run_gpu_tests(args.out)
-        if tests["returncode"] not in (0, 5) or tests["counts"].get("failed") or tests["counts"].get("error"):
-            result["problems"].append(f"pytest exited with {tests['returncode']}")
-        if not tests["counts"].get("passed"):
-            result["problems"].append("no GPU test passed")
-        skipped_for_gpu = [t["test"] for t in tests["tests"] if t["outcome"] == "skipped" and NO_GPU in t["message"]]
-        if skipped_for_gpu:
-            result["problems"].append(f"GPU tests skipped although nvidia-smi lists a GPU: {skipped_for_gpu}")
-        peak = args.peak_bandwidth or next((v for k, v in PEAK_BANDWIDTH.items() if k in env["gpu"]), None)
-        try:
-            result["pooling"] = run_pooling(args.batches, args.superpixels, args.channels, peak)
-        except Exception as error:  # recorded with the rest: the results written so far stay useful
-            result["problems"].append(f"pooling benchmark failed: {type(error).__name__}: {error}")
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"gpu-check: results in {args.out}/gpu_check.md and gpu_check.json;",
-          "; ".join(result["problems"]) or "all passed")  # fmt: skip
+        print("\n".join(env["doctor"]), flush=True)
+        result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "gpu_present": bool(gpus),
+                  "environment": env, "steps": run_steps(args, gpus)}
+    result["problems"] = [f"{name}: {step['reason']}" for name, step in result["steps"].items()
+                          if step["status"] == "failed"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / result_name(env)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(f"{stem}.md").write_text(markdown(result))
+    if not gpus:
+        print("gpu-check: no NVIDIA GPU on this machine (nvidia-smi missing or lists none); GPU steps skipped")
+    print(f"gpu-check: results in {stem}.md and .json;", "; ".join(result["problems"]) or "no step failed")
     return 1 if result["problems"] else 0
 
 

@@ -32,7 +32,9 @@ from .host_build import HostExecutor, KernelParam, build_host_library, pack_para
 SOURCE = Path(__file__).with_name("superpixel_pool.cu")
 NVRTC_OPTIONS = (b"-std=c++17",)
 THREADS = 256
-RUN_PIXELS = 16  # RUN_PIXELS in superpixel_pool.cu: a tile is a whole number of runs
+RUN_PIXELS = 8  # RUN_PIXELS in superpixel_pool.cu
+STAGE_PIXELS = THREADS * RUN_PIXELS  # pixels a block stages at a time: a tile is a whole number of stages
+STAGE_BYTES = 4 * (STAGE_PIXELS + STAGE_PIXELS // 32)  # the staging buffer, one padding word per 32 (STAGE_INDEX)
 SHARED_BUDGET = 48 * 1024  # shared memory any CUDA GPU gives a block without opting in
 ACCUMULATE = {np.dtype(np.float32): "pool_accumulate_planar_f32", np.dtype(np.uint8): "pool_accumulate_interleaved_u8"}
 
@@ -66,16 +68,17 @@ class LaunchPlan:
 def plan_launch(
     batch: int, channels: int, pixels: int, num_superpixels: int, shared_budget: int, min_blocks: int
 ) -> LaunchPlan:
-    """Choose channel chunks whose bins fit in ``shared_budget`` and enough pixel tiles to fill the device."""
+    """Choose channel chunks whose bins fit in ``shared_budget`` beside the staging buffer, and enough pixel tiles
+    to fill the device."""
     bins = max(num_superpixels, 1)
-    fitting = (shared_budget - 4 * bins) // (8 * bins)  # channels whose double sums fit beside uint32 counts
+    fitting = (shared_budget - STAGE_BYTES - 4 * bins) // (8 * bins)  # channels whose sums fit beside the counts
     privatised = fitting >= min(channels, 1)
     chunk = min(channels, fitting) if privatised else channels
     chunks = math.ceil(channels / chunk) if channels else 1
-    shared_bytes = bins * (8 * chunk + 4) if privatised else 0
-    runs = max(1, math.ceil(pixels / RUN_PIXELS))
-    tiles = min(max(1, math.ceil(min_blocks / (batch * chunks))), math.ceil(runs / THREADS))
-    tile = math.ceil(runs / tiles) * RUN_PIXELS
+    shared_bytes = STAGE_BYTES + (bins * (8 * chunk + 4) if privatised else 0)
+    stages = max(1, math.ceil(pixels / STAGE_PIXELS))
+    tiles = min(max(1, math.ceil(min_blocks / (batch * chunks))), stages)
+    tile = math.ceil(stages / tiles) * STAGE_PIXELS
     return LaunchPlan((math.ceil(pixels / tile), batch, chunks), tile, chunk, privatised, shared_bytes)
 
 
@@ -254,10 +257,14 @@ def is_available() -> bool:
 
 
 class CudaExecutor:
-    """The kernels on one GPU (its primary context), through the CUDA driver API."""
+    """The kernels on one GPU (its primary context), through the CUDA driver API.
+
+    Every method first makes the GPU's context current in the calling thread: a CUDA context is current per thread,
+    and the executor may be used from threads other than the one that built it (``default_executor`` is shared).
+    """
 
     def __init__(self, device: int = 0) -> None:
-        gpu = cuda_api.open_device(device)  # a CudaError (a RuntimeError) when there is no driver or GPU
+        gpu = self._gpu = cuda_api.open_device(device)  # a CudaError (a RuntimeError) without a driver or GPU
         driver = self._driver = cuda_api.driver()
         self.arch = gpu.arch
         self.shared_budget = SHARED_BUDGET
@@ -268,28 +275,32 @@ class CudaExecutor:
 
     def upload(self, array: np.ndarray) -> int:
         array = np.ascontiguousarray(array)
-        pointer = self.zeros(array.nbytes)
+        pointer = self.zeros(array.nbytes)  # makes the context current
         if array.nbytes:
             check(self._driver.cuMemcpyHtoD(pointer, array, array.nbytes))
         return pointer
 
     def zeros(self, nbytes: int) -> int:
+        self._gpu.make_current()
         pointer = int(check(self._driver.cuMemAlloc(max(nbytes, 1))))
         check(self._driver.cuMemsetD8(pointer, 0, max(nbytes, 1)))
         return pointer
 
     def download(self, pointer: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        self._gpu.make_current()
         array = np.empty(shape, dtype=dtype)
         if array.nbytes:
             check(self._driver.cuMemcpyDtoH(array, pointer, array.nbytes))
         return array
 
     def free(self, pointer: int) -> None:
+        self._gpu.make_current()
         check(self._driver.cuMemFree(pointer))
 
     def launch(
         self, kernel: str, grid: tuple[int, int, int], threads: int, shared_bytes: int, params: list[KernelParam]
     ) -> None:
+        self._gpu.make_current()
         pointers, _alive = pack_params(params)
         check(
             self._driver.cuLaunchKernel(
@@ -298,10 +309,12 @@ class CudaExecutor:
         )
 
     def synchronize(self) -> None:
+        self._gpu.make_current()
         check(self._driver.cuCtxSynchronize())
 
     def elapsed_seconds(self, work: Callable[[], object]) -> float:
         """GPU time of what ``work`` enqueues on the default stream, between two CUDA events."""
+        self._gpu.make_current()
         start, end = (check(self._driver.cuEventCreate(0)) for _ in range(2))
         try:
             check(self._driver.cuEventRecord(start, 0))

@@ -22,24 +22,32 @@
 // the global bins at the end, or, when even one channel's bins do not fit, adds straight to global memory.
 // Superpixels are compact, so a thread walking a run of RUN_PIXELS neighbours in a row meets few ids: it
 // adds values while the id stays the same and issues one atomic per id change, not one per pixel.
+//
+// Coalescing. A block walks its tile in stages of blockDim.x * RUN_PIXELS pixels. Each stage is first copied
+// into a shared staging buffer with thread t reading pixels t, t + blockDim.x, ...: consecutive threads read
+// consecutive pixels, so a warp's loads fill whole memory transactions. Then each thread walks its run of
+// consecutive pixels in the buffer. The buffer holds the stage's labels (each thread copies its run's ids into
+// registers), then one channel's values at a time (as float: float32 and uint8 values are exact in it). One
+// padding word per 32 (STAGE_INDEX) puts the 32 runs of a warp, RUN_PIXELS words apart, in distinct banks.
 
-#define RUN_PIXELS 16
+#define RUN_PIXELS 8
+#define STAGE_INDEX(i) ((i) + ((i) >> 5))
 
 // Planar float32 maps: values[b][c][p].
 struct PlanarF32 {
     typedef float Value;
-    static __device__ __forceinline__ double load(const float* values, long long image, int channel,
-                                                  long long pixel, int channels, long long pixels) {
-        return (double)values[(image * channels + channel) * pixels + pixel];
+    static __device__ __forceinline__ float load(const float* values, long long image, int channel, long long pixel,
+                                                 int channels, long long pixels) {
+        return values[(image * channels + channel) * pixels + pixel];
     }
 };
 
 // Interleaved uint8 frames: values[b][p][c] (RGB channels last).
 struct InterleavedU8 {
     typedef unsigned char Value;
-    static __device__ __forceinline__ double load(const unsigned char* values, long long image, int channel,
-                                                  long long pixel, int channels, long long pixels) {
-        return (double)values[(image * pixels + pixel) * channels + channel];
+    static __device__ __forceinline__ float load(const unsigned char* values, long long image, int channel,
+                                                 long long pixel, int channels, long long pixels) {
+        return (float)values[(image * pixels + pixel) * channels + channel];
     }
 };
 
@@ -62,28 +70,32 @@ __device__ __forceinline__ void add_sum_to(double* sums, int stride, int first_c
     if (id >= 0) atomicAdd(&sums[(long long)id * stride + channel - first_channel], sum);
 }
 
-// Accumulates pixels [begin, end) of image `image` into `bins`, channels [c_begin, c_end).
+// Accumulates pixels [begin, end) of image `image` into `bins`, channels [c_begin, c_end), through `stage`
+// (STAGE_INDEX(blockDim.x * RUN_PIXELS) words of shared memory). Every thread of the block must call it.
 template <typename Layout, typename Count>
 __device__ void accumulate_pixels(const int* __restrict__ labels, const typename Layout::Value* __restrict__ values,
                                   long long image, int channels, long long pixels, int num_superpixels,
                                   long long begin, long long end, int c_begin, int c_end, Bins<Count> bins,
-                                  unsigned int* bad_label) {
-    const long long step = (long long)blockDim.x * RUN_PIXELS;
-    for (long long run = begin + (long long)threadIdx.x * RUN_PIXELS; run < end; run += step) {
-        const int n = (int)(end - run < RUN_PIXELS ? end - run : RUN_PIXELS);
-        int ids[RUN_PIXELS];  // -1: past the end, or an id out of range
-        for (int i = 0; i < RUN_PIXELS; ++i) {
-            int id = -1;
-            if (i < n) {
-                const int label = labels[image * pixels + run + i];
+                                  unsigned int* bad_label, float* stage) {
+    int* stage_ids = (int*)stage;
+    const int stage_pixels = blockDim.x * RUN_PIXELS;
+    const int run = threadIdx.x * RUN_PIXELS;  // this thread's run within a stage
+    for (long long base = begin; base < end; base += stage_pixels) {
+        for (int i = threadIdx.x; i < stage_pixels; i += blockDim.x) {  // coalesced: thread t reads pixel base + t
+            int id = -1;  // -1: past the end, or an id out of range
+            if (base + i < end) {
+                const int label = labels[image * pixels + base + i];
                 if (label >= 0 && label < num_superpixels) id = label;
                 else *bad_label = 1u;  // every writer stores the same value
             }
-            ids[i] = id;
+            stage_ids[STAGE_INDEX(i)] = id;
         }
+        __syncthreads();
+        int ids[RUN_PIXELS];
+        for (int i = 0; i < RUN_PIXELS; ++i) ids[i] = stage_ids[STAGE_INDEX(run + i)];
         int current = ids[0];
         unsigned int count = 0;
-        for (int i = 0; i < n; ++i) {
+        for (int i = 0; i < RUN_PIXELS; ++i) {
             if (ids[i] != current) {
                 add_count(bins, current, count);
                 current = ids[i];
@@ -93,18 +105,25 @@ __device__ void accumulate_pixels(const int* __restrict__ labels, const typename
         }
         add_count(bins, current, count);
         for (int c = c_begin; c < c_end; ++c) {
+            __syncthreads();  // every thread has read the ids, or the previous channel's values
+            for (int i = threadIdx.x; i < stage_pixels; i += blockDim.x) {
+                stage[STAGE_INDEX(i)] = base + i < end ? Layout::load(values, image, c, base + i, channels, pixels)
+                                                       : 0.0f;
+            }
+            __syncthreads();
             current = ids[0];
             double sum = 0.0;
-            for (int i = 0; i < n; ++i) {
+            for (int i = 0; i < RUN_PIXELS; ++i) {
                 if (ids[i] != current) {
                     add_sum_to(bins.sums, bins.sum_stride, bins.first_channel, current, c, sum);
                     current = ids[i];
                     sum = 0.0;
                 }
-                sum += Layout::load(values, image, c, run + i, channels, pixels);
+                sum += (double)stage[STAGE_INDEX(run + i)];
             }
             add_sum_to(bins.sums, bins.sum_stride, bins.first_channel, current, c, sum);
         }
+        __syncthreads();  // the next stage overwrites the buffer
     }
 }
 
@@ -113,6 +132,7 @@ __device__ void pool_accumulate(const int* __restrict__ labels, const typename L
                                 int channels, long long pixels, int num_superpixels, long long tile, int chunk,
                                 int privatised, double* __restrict__ sums, unsigned long long* __restrict__ counts,
                                 unsigned int* __restrict__ bad_label) {
+    // Shared memory: [sums: S * width doubles][counts: S uint32] when privatised, then the staging buffer.
     extern __shared__ double pool_shared[];
     const long long image = blockIdx.y;
     const int c_begin = blockIdx.z * chunk;
@@ -126,13 +146,14 @@ __device__ void pool_accumulate(const int* __restrict__ labels, const typename L
     if (!privatised) {
         Bins<unsigned long long> global_bins = {image_sums, counting ? image_counts : nullptr, channels, 0};
         accumulate_pixels<Layout>(labels, values, image, channels, pixels, num_superpixels, begin, end, c_begin,
-                                  c_end, global_bins, bad_label);
+                                  c_end, global_bins, bad_label, (float*)pool_shared);
         return;
     }
 
     const int width = c_end - c_begin;
     double* shared_sums = pool_shared;
     unsigned int* shared_counts = (unsigned int*)(pool_shared + (long long)num_superpixels * width);
+    float* stage = (float*)(shared_counts + num_superpixels);
     for (int i = threadIdx.x; i < num_superpixels * width; i += blockDim.x) shared_sums[i] = 0.0;
     for (int i = threadIdx.x; i < num_superpixels; i += blockDim.x) shared_counts[i] = 0u;
     __syncthreads();
@@ -140,7 +161,7 @@ __device__ void pool_accumulate(const int* __restrict__ labels, const typename L
     // Every chunk counts into shared memory: the counts tell which bins this block touched.
     Bins<unsigned int> shared_bins = {shared_sums, shared_counts, width, c_begin};
     accumulate_pixels<Layout>(labels, values, image, channels, pixels, num_superpixels, begin, end, c_begin, c_end,
-                              shared_bins, bad_label);
+                              shared_bins, bad_label, stage);
     __syncthreads();
 
     for (int s = threadIdx.x; s < num_superpixels; s += blockDim.x) {

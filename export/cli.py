@@ -3,8 +3,9 @@ TensorRT engines, verified.
 
 Writes three graphs (``X.onnx`` the end-to-end segmenter, ``X.encoder.onnx`` and ``X.decoder.onnx`` for the
 video runtime) and, with ``--out-engine E.engine``, one engine per graph (``E.engine``, ``E.encoder.engine``,
-``E.decoder.engine``) with JSON sidecars. All outputs are written to temporary files and renamed at the end,
-so a failure leaves none behind.
+``E.decoder.engine``) with JSON sidecars. Everything is built in a scratch folder, verified there, and only then
+copied to temporary files beside the outputs and renamed over them, so a failure (verification included) leaves
+none behind.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ class ExportConfig:
     precision: str = "fp32"
     opset: int = 17
     top_k: int = 3  # classes per image that go through the decoder (a static shape for TensorRT)
-    min_shapes: tuple[int, ...] = (1, 3, 128, 128)
+    # The engines' profile covers what the runtime feeds them: images at their own sizes from 32 px a side (the
+    # image segmenter's smallest), 320x180 video frames, and up to 8 images of up to 1024x1024 per call (the image
+    # segmenter's default batch; larger images are fitted into the profile by the runtime).
+    min_shapes: tuple[int, ...] = (1, 3, 32, 32)
     opt_shapes: tuple[int, ...] | None = None  # None: 1x3xSxS at the checkpoint's training crop size S
-    max_shapes: tuple[int, ...] = (4, 3, 512, 512)
+    max_shapes: tuple[int, ...] = (8, 3, 1024, 1024)
     calibration_images: int = 64  # int8: at most this many images of --calib, in name order
     verify: bool = True
     atol: float | None = None  # None: the precision's default in wsvs.export.verify.DEFAULT_TOLERANCES
@@ -74,14 +78,16 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     import shutil
 
     from wsvs.runtime import cuda_api
-    from wsvs.training.checkpoint import load_checkpoint
+    from wsvs.runtime.contract import checkpoint_digest
+    from wsvs.training.checkpoint import checkpoint_files, load_checkpoint
 
-    from . import onnx_export, quantize, tensorrt_build, verify
+    from . import onnx_export, tensorrt_build, verify
 
     started = time.perf_counter()
     if config.precision not in PRECISIONS:
         raise InputError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     model, meta = load_checkpoint(model_path)
+    digest = checkpoint_digest(checkpoint_files(model_path)[0].parent)
     side = meta.input_size
     profile = tensorrt_build.ShapeProfile(tuple(config.min_shapes), tuple(config.opt_shapes or (1, 3, side, side)),
                                           tuple(config.max_shapes))
@@ -98,33 +104,67 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
 
     graphs = onnx_export.GraphPaths.beside(onnx_path or default_onnx_path(model_path, config.precision))
     engines = onnx_export.GraphPaths.beside(engine_path, ".engine") if engine_path is not None else None
-    height, width = profile.opt[2], profile.opt[3]
-    with output_files([path for _, path in graphs.items()]) as temporary, \
-            tempfile.TemporaryDirectory(prefix="wsvs-export-") as scratch:
-        fp32 = onnx_export.GraphPaths.beside(Path(scratch) / "model.onnx")
-        onnx_export.export_onnx(model, meta, fp32, config.opset, top_k)
-        calibration = (None if config.precision != "int8" else verify.folder_images(
-            calib, config.calibration_images, height, width))
-        for graph, target in graphs.items():
-            source, written = getattr(fp32, graph), temporary[target]
-            if config.precision == "fp32":
-                shutil.copyfile(source, written)
-            elif config.precision == "fp16":
-                quantize.to_fp16(source, written)
-            else:
-                batches = [normalise_images(image[None], meta) for image in calibration]
-                if graph == "decoder":
-                    batches = [verify.decoder_inputs(model, meta, batch) for batch in batches]
-                quantize.to_int8(source, written, batches)
-    print(f"exported {config.precision} ONNX in {time.perf_counter() - started:.1f} s:")
-    for _, path in graphs.items():
-        print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
-
+    outputs = [path for _, path in graphs.items()]
     if engines is not None:
-        build_engines(graphs, engines, profile, config.precision, timing_cache)
-    if not config.verify:
-        return 0
-    return verify_exports(model, meta, graphs, engines, profile, calib, top_k, config)
+        outputs += [p for _, path in engines.items() for p in (path, tensorrt_build.sidecar_path(path))]
+    try:  # leaving the block by an exception discards the temporary files: nothing is written
+        with output_files(outputs) as temporary, tempfile.TemporaryDirectory(prefix="wsvs-export-") as scratch:
+            staged_graphs = onnx_export.GraphPaths.beside(Path(scratch) / "graphs" / graphs.segmenter.name)
+            write_graphs(model, meta, Path(scratch) / "fp32", staged_graphs, top_k, calib, profile, config, digest)
+            print(f"exported {config.precision} ONNX in {time.perf_counter() - started:.1f} s")
+            staged_engines = None
+            if engines is not None:
+                staged_engines = onnx_export.GraphPaths.beside(Path(scratch) / "engines" / engines.segmenter.name,
+                                                               ".engine")
+                build_engines(staged_graphs, staged_engines, profile, config.precision, timing_cache)
+            if config.verify and not verify_exports(model, meta, staged_graphs, staged_engines, profile, calib, top_k,
+                                                    config):
+                raise VerificationError
+            staged = {path: getattr(staged_graphs, graph) for graph, path in graphs.items()}
+            if engines is not None:
+                for graph, path in engines.items():
+                    engine = getattr(staged_engines, graph)
+                    staged |= {path: engine, tensorrt_build.sidecar_path(path): tensorrt_build.sidecar_path(engine)}
+            for path, source in staged.items():
+                shutil.copyfile(source, temporary[path])
+    except VerificationError:
+        return 1
+    print("wrote:")
+    for path in outputs:
+        print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
+    return 0
+
+
+class VerificationError(Exception):
+    """An output of the export is past tolerance (already reported): nothing is written, the exit code is 1."""
+
+
+def write_graphs(model, meta, scratch: Path, graphs, top_k: int, calib: Path | None, profile,
+                 config: ExportConfig, digest: str) -> None:
+    """The three graphs at ``graphs``' paths in ``config.precision``, from fp32 graphs exported into ``scratch``
+    (``digest``: the checkpoint's, recorded in their metadata); int8 calibrates on images of ``calib`` at the
+    profile's opt size."""
+    import shutil
+
+    from . import onnx_export, quantize, verify
+
+    fp32 = onnx_export.GraphPaths.beside(scratch / "model.onnx")
+    scratch.mkdir(parents=True, exist_ok=True)
+    onnx_export.export_onnx(model, meta, fp32, config.opset, top_k, digest)
+    if config.precision == "int8":
+        calibration = verify.folder_images(calib, config.calibration_images, profile.opt[2], profile.opt[3])
+    for graph, written in graphs.items():
+        written.parent.mkdir(parents=True, exist_ok=True)
+        source = getattr(fp32, graph)
+        if config.precision == "fp32":
+            shutil.copyfile(source, written)
+        elif config.precision == "fp16":
+            quantize.to_fp16(source, written)
+        else:
+            batches = [normalise_images(image[None], meta) for image in calibration]
+            if graph == "decoder":
+                batches = [verify.decoder_inputs(model, meta, batch) for batch in batches]
+            quantize.to_int8(source, written, batches)
 
 
 def build_engines(graphs, engines, profile, precision: str, timing_cache: Path | None) -> None:
@@ -137,13 +177,13 @@ def build_engines(graphs, engines, profile, precision: str, timing_cache: Path |
         metadata = onnx_export.read_metadata(onnx.load(str(getattr(graphs, graph)), load_external_data=False))
         tensorrt_build.build_engine(getattr(graphs, graph), path, profile.for_input(graph), precision, metadata,
                                     timing_cache)
-        print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB  (+ {tensorrt_build.sidecar_path(path).name})")
+        print(f"built the {graph} engine")
 
 
 def verify_exports(model, meta, graphs, engines, profile, calib: Path | None, top_k: int,
-                   config: ExportConfig) -> int:
+                   config: ExportConfig) -> bool:
     """Every graph on ONNX Runtime and every engine on the runtime's TensorRT backend against PyTorch fp32, at the
-    verification shapes; returns the exit code (1 when an output is past tolerance)."""
+    verification shapes; whether every output is within tolerance."""
     from wsvs.runtime.timing import synthetic_images
 
     from . import verify
@@ -172,10 +212,11 @@ def verify_exports(model, meta, graphs, engines, profile, calib: Path | None, to
                 results.append(result)
     failed = [r for r in results if not r.passed]
     if failed:
-        print(f"wsvs-export: verification failed for {len(failed)} of {len(results)} outputs", file=sys.stderr)
-        return 1
+        print(f"wsvs-export: verification failed for {len(failed)} of {len(results)} outputs; nothing was written",
+              file=sys.stderr)
+        return False
     print(f"verification passed ({len(results)} outputs)")
-    return 0
+    return True
 
 
 def normalise_images(images, meta):
@@ -208,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="graph precision (default fp32)")
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of calibration images (needed for int8; also used for --verify)")
-    for name, example in (("min", "1x3x128x128"), ("opt", "1x3x321x321"), ("max", "4x3x512x512")):
+    for name, example in (("min", "1x3x32x32"), ("opt", "4x3x180x320"), ("max", "8x3x1024x1024")):
         parser.add_argument(f"--{name}-shapes", f"--{name}Shapes", dest=f"{name}_shapes", default=None,
                             metavar="NxCxHxW",
                             help=f"{name} shape of the images input for the TensorRT profile and verification "

@@ -78,8 +78,12 @@ def export_graph(module: torch.nn.Module, graph: str, path: Path, opset: int, pr
     onnx.save(model, str(path))
 
 
-def export_onnx(model: WSVSModel, meta: ModelMetadata, paths: GraphPaths, opset: int, top_k: int) -> None:
-    """Write the fp32 segmenter, encoder and decoder graphs."""
+def export_onnx(model: WSVSModel, meta: ModelMetadata, paths: GraphPaths, opset: int, top_k: int,
+                checkpoint_sha256: str) -> None:
+    """Write the fp32 segmenter, encoder and decoder graphs; each records ``checkpoint_sha256``
+    (``contract.checkpoint_digest`` of the checkpoint folder), which the runtime checks against the checkpoint
+    beside the graph."""
     modules = graph_modules(model, meta, top_k)
     for graph, path in paths.items():
-        export_graph(modules[graph], graph, path, opset, GraphMetadata.of(meta, graph, "fp32", top_k).to_props())
+        props = GraphMetadata.of(meta, graph, "fp32", top_k, checkpoint_sha256).to_props()
+        export_graph(modules[graph], graph, path, opset, props)

@@ -8,7 +8,9 @@
   into one int16 (vpmaddubsw), and with s8 activations shifted to u8 (0..255) a pair reaches 2 * 255 * 127,
   far past 32767 (int8 labels agreed with fp32 on only 52-58% of pixels there); 2 * 255 * 64 = 32640 fits.
   Every such weight is a stored int8 initializer, including the encoder weights the image scales share;
-  biases stay float32.
+  biases stay float32. Conv and Gemm weights have one scale per output channel; ConvTranspose (deconvolution)
+  weights one scale per tensor, the only form TensorRT has accepted for deconvolution weights (per-channel
+  deconvolution Q/DQ fails to build: NVIDIA/TensorRT issues 1694 and 2380).
 
 Both run in ONNX Runtime's CPU provider, so they are checked without a GPU.
 """
@@ -128,11 +130,14 @@ def to_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> None:
     """Quantize an fp32 graph to int8 Q/DQ with static calibration on ``calibration`` input batches."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(str(source))
+    model = _without_weight_identities(onnx.load(str(source)))
     props = read_metadata(model)
     input_name = model.graph.input[0].name
+    # An override without an axis makes ONNX Runtime quantize that weight per tensor, with the settings below.
+    per_tensor = {"quant_type": QuantType.QInt8, "symmetric": True, "reduce_range": True}
+    overrides = {node.input[1]: [per_tensor] for node in model.graph.node if node.op_type == "ConvTranspose"}
     quantize_static(
-        _without_weight_identities(model), str(target), _Batches(input_name, calibration),
+        model, str(target), _Batches(input_name, calibration),
         quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS, per_channel=True, activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         # 7-bit weights (int8 in [-64, 64], still symmetric with zero point 0; activations keep [-127, 127]):
@@ -144,7 +149,7 @@ def to_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> None:
         # dequantizes int8 only (an int32 bias DequantizeLinear fails to parse) and fuses float biases itself;
         # ONNX Runtime still runs these convolutions as QLinearConv.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
-                       "QuantizeBias": False})
+                       "QuantizeBias": False, "TensorQuantOverrides": overrides})
     quantized = onnx.load(str(target))
     set_metadata(quantized, {**props, "precision": "int8"})
     onnx.checker.check_model(quantized, full_check=True)

@@ -65,8 +65,8 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise InputError(None, "TensorRT is not installed: install the 'tensorrt' package (pip install "
-                               "'wsvs[gpu]') on a machine with an NVIDIA GPU, or export ONNX only") from None
+        raise InputError(None, f"TensorRT is not installed ({cuda_api.INSTALL} on a machine with an NVIDIA GPU), "
+                               "or export ONNX only") from None
     return tensorrt
 
 
@@ -75,12 +75,16 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: tuple[Shape, Shape,
     """Parse ``onnx_path``, build one optimisation profile from ``shapes`` (min, opt, max of its only input),
     write the serialised engine and ``<engine>.json`` atomically, and update ``timing_cache``.
 
-    Returns the sidecar's content.
+    Returns the sidecar's content; its "profile" ({"min": [N, C, H, W], "opt": ..., "max": ...}) says which input
+    shapes the engine takes.
     """
     trt = import_tensorrt()
     device = cuda_api.device_name()
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as exc:  # "factory function returned nullptr": TensorRT could not start CUDA
+        raise InputError(None, f"TensorRT cannot start on this GPU ({str(exc).splitlines()[0]})") from None
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # TensorRT 11 is strongly typed always
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -97,7 +101,9 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: tuple[Shape, Shape,
     profile.set_shape(input_name, *shapes)
     config.add_optimization_profile(profile)
     cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        raise InputError(timing_cache, "timing cache made by another GPU or TensorRT version: delete it, or pass "
+                                       "another --timing-cache")
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -109,7 +115,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: tuple[Shape, Shape,
         "onnx": onnx_path.name,
         "precision": precision,
         "input": input_name,
-        "shapes": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
+        "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
         "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
         "metadata": metadata,
     }

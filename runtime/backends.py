@@ -12,11 +12,13 @@ so this module works on a machine that has neither.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import cuda_api
+from .contract import check_exported_from
 from .errors import InputError
 from .io import read_json
 
@@ -24,7 +26,21 @@ BACKENDS = ("tensorrt", "ort-cuda", "ort-cpu")  # fastest first: the order "auto
 # The checkpoint run by PyTorch itself (training extra): the name `wsvs segment` and `wsvs bench` give it.
 EAGER = "pytorch-eager"
 GRAPH_SUFFIX = {"segmenter": "", "encoder": ".encoder", "decoder": ".decoder"}
-_ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"], "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+# Graph input shapes change from call to call (images at their own sizes): cuDNN's default exhaustive search would
+# benchmark every convolution again for each new shape; its heuristic picks an algorithm without running any.
+_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+_ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"],
+                  "ort-cuda": [("CUDAExecutionProvider", _CUDA_OPTIONS), "CPUExecutionProvider"]}
+ORT_INSTALL = "pip install 'wsvs[cpu]', or 'wsvs[gpu-cu12]' / 'wsvs[gpu-cu13]' on a machine with an NVIDIA GPU"
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or an InputError saying in one line that no ONNX Runtime is installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError(None, f"ONNX Runtime is not installed ({ORT_INSTALL})") from None
+    return onnxruntime
 
 
 def graph_file(model: str | Path, graph: str, suffix: str) -> Path:
@@ -45,11 +61,13 @@ class Backend(ABC):
     path: Path
     metadata: dict[str, str]  # the graph's metadata_props as strings: contract.GraphMetadata.from_props parses them
     max_batch: int | None = None  # the largest batch one call accepts; None: any
+    profile: tuple[tuple[int, ...], ...] | None = None  # an engine's (min, opt, max) input shapes; None: any
     selection: str = ""  # why "auto" chose this backend (empty when it was named)
 
     @abstractmethod
-    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the graph on float32 NCHW ``inputs``; outputs by name."""
+    def run(self, inputs: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph on float32 NCHW ``inputs``; the outputs named in ``outputs`` (None: all) by name. Only
+        those are copied back from the GPU."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -60,15 +78,17 @@ class OnnxRuntimeBackend(Backend):
     """An ONNX graph in an ONNX Runtime session on the CPU or the CUDA execution provider."""
 
     def __init__(self, path: Path, name: str = "ort-cpu", threads: int = 0) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         if name not in _ORT_PROVIDERS:
             raise InputError(None, f"ONNX Runtime backends are {', '.join(_ORT_PROVIDERS)}, got {name!r}")
         if name == "ort-cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise InputError(None, "this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu "
-                                   "on a machine with an NVIDIA GPU)")
+            raise InputError(None, f"this ONNX Runtime ({ort.__version__}) has no CUDA provider: onnxruntime-gpu is "
+                                   "missing, or the CPU package onnxruntime was installed over it (pip uninstall "
+                                   "onnxruntime onnxruntime-gpu, then pip install 'wsvs[gpu-cu12]' or 'gpu-cu13')")
         if not path.is_file():
             raise InputError(path, "ONNX graph not found (export it with: wsvs export --model CHECKPOINT)")
+        if name == "ort-cuda" and hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+            ort.preload_dlls()  # the CUDA runtime and cuDNN of the nvidia-* wheels that the gpu extras install
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         try:
@@ -84,9 +104,10 @@ class OnnxRuntimeBackend(Backend):
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.session.run(None, {self.input_name: inputs.astype(self.input_dtype, copy=False)})
-        return dict(zip(self.output_names, outputs))
+    def run(self, inputs: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_names)
+        values = self.session.run(names, {self.input_name: inputs.astype(self.input_dtype, copy=False)})
+        return dict(zip(names, values))
 
     def describe(self) -> str:
         return f"{self.name} (ONNX Runtime {self.version}, {self.session.get_providers()[0]})"
@@ -117,15 +138,20 @@ class TensorRTBackend(Backend):
         try:
             import tensorrt as trt
         except ImportError:
-            raise InputError(None, "TensorRT is not installed (pip install 'wsvs[gpu]' on a machine "
-                                   "with an NVIDIA GPU), use --backend ort-cpu") from None
+            raise InputError(None, f"TensorRT is not installed ({cuda_api.INSTALL}), use --backend ort-cpu") from None
         check_engine_sidecar(path, sidecar, trt.__version__, cuda_api.device_name())
         self.path = path
         self.metadata = dict(sidecar.get("metadata", {}))
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        try:
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        except TypeError as exc:  # "factory function returned nullptr": TensorRT could not start CUDA
+            raise InputError(path, f"TensorRT cannot start on this GPU ({str(exc).splitlines()[0]})") from None
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise InputError(path, "TensorRT cannot deserialise the engine (corrupt file?)")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise InputError(path, "TensorRT cannot create an execution context (out of GPU memory?)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_names = [n for n in names if n != self.input_name]
@@ -134,7 +160,7 @@ class TensorRTBackend(Backend):
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.stream = cuda_api.Stream()
         # Buffers sized for the largest input shape serve every smaller one.
-        self.context.set_input_shape(self.input_name, tuple(self.profile[2]))
+        self._set_input_shape(tuple(self.profile[2]))
         self.buffers = {}
         for name in names:
             size = int(np.prod(self.context.get_tensor_shape(name))) * self.dtypes[name].itemsize
@@ -148,19 +174,23 @@ class TensorRTBackend(Backend):
             raise InputError(self.path, f"input shape {text} is outside the engine's profile "
                                         f"{'x'.join(map(str, low))} .. {'x'.join(map(str, high))}")
 
-    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def _set_input_shape(self, shape: tuple[int, ...]) -> None:
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise InputError(self.path, f"TensorRT refuses the input shape {'x'.join(map(str, shape))}")
+
+    def run(self, inputs: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         inputs = np.ascontiguousarray(inputs, dtype=self.dtypes[self.input_name])
         self._check_shape(inputs.shape)
-        self.context.set_input_shape(self.input_name, inputs.shape)
+        self._set_input_shape(inputs.shape)
         self.stream.to_device(self.buffers[self.input_name], inputs)
-        if not self.context.execute_async_v3(int(self.stream)):
+        if not self.context.execute_async_v3(self.stream.native):
             raise InputError(self.path, "TensorRT failed to run the engine")
-        outputs = {}
-        for name in self.output_names:
-            outputs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
-            self.stream.to_host(outputs[name], self.buffers[name])
+        results = {}
+        for name in outputs or self.output_names:
+            results[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
+            self.stream.to_host(results[name], self.buffers[name])
         self.stream.synchronize()
-        return outputs
+        return results
 
     def describe(self) -> str:
         sidecar = read_json(self.path.with_name(self.path.name + ".json"))
@@ -172,12 +202,16 @@ class TensorRTBackend(Backend):
 
 
 def open_backend(model: str | Path, graph: str, name: str, threads: int = 0) -> Backend:
-    """Load ``graph`` of ``model`` on the backend ``name`` (one of BACKENDS)."""
+    """Load ``graph`` of ``model`` on the backend ``name`` (one of BACKENDS). A graph beside a checkpoint other
+    than the one it was exported from is refused (``contract.check_exported_from``)."""
     if name == "tensorrt":
-        return TensorRTBackend(graph_file(model, graph, ".engine"))
-    if name in _ORT_PROVIDERS:
-        return OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), name, threads)
-    raise InputError(None, f"unknown backend {name!r} (choose auto, {', '.join(BACKENDS)})")
+        backend: Backend = TensorRTBackend(graph_file(model, graph, ".engine"))
+    elif name in _ORT_PROVIDERS:
+        backend = OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), name, threads)
+    else:
+        raise InputError(None, f"unknown backend {name!r} (choose auto, {', '.join(BACKENDS)})")
+    check_exported_from(backend.path, backend.metadata)
+    return backend
 
 
 def select_backend(name: str, model: str | Path, graph: str = "segmenter", threads: int = 0) -> Backend:

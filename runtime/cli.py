@@ -5,8 +5,9 @@ It lives in the torch-free runtime, which every install has. The commands come f
 taking the parsed arguments and returning an exit code. Those modules are imported when the parser is built and
 import torch only inside ``func``, so ``wsvs --help`` and parsing never import torch; a module that cannot be
 imported gets a placeholder command that says so in one line (exit 2), and a command that needs PyTorch where it
-is not installed says so in one line (exit 2) instead of a traceback. ``wsvs segment`` and ``wsvs bench`` on
-exported graphs need no torch.
+is not installed says so in one line (exit 2) instead of a traceback. A command that stops early but keeps its
+finished work (IncompleteError: a crawl blocked by a rate limit) says why in one line with the command that
+resumes it, and exits 3. ``wsvs segment`` and ``wsvs bench`` on exported graphs need no torch.
 
 Vocabulary shared by every command: ``--model`` is the input model (a checkpoint folder, or an exported graph
 file where the command runs graphs), ``--out`` the output, ``--batch`` an inference batch size (a comma list
@@ -20,10 +21,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import shlex
 import sys
 
 from wsvs.runtime import __version__
-from wsvs.runtime.errors import InputError
+from wsvs.runtime.errors import IncompleteError, InputError
 
 # (module, the commands it registers), in pipeline order; `wsvs --help` lists them in this order.
 COMMANDS: list[tuple[str, tuple[str, ...]]] = [
@@ -40,11 +42,14 @@ COMMANDS: list[tuple[str, tuple[str, ...]]] = [
     ("wsvs.export.cli", ("export",)),
     ("wsvs.training.segment", ("segment",)),
     ("wsvs.training.bench", ("bench",)),
+    ("wsvs.runtime.doctor", ("doctor",)),
 ]
 
 # Commands that always run the PyTorch model: refused up front, in one line, where torch is not installed.
 NEEDS_TORCH = {"train-encoder", "cam", "eval-cam", "crawl", "train-decoder", "adapt", "evaluate", "train", "demo",
                "export"}
+# Exit code of a command that stopped early but kept its work (IncompleteError): rerun it to resume.
+EXIT_INCOMPLETE = 3
 # Packages of the `train` extra: a command that reaches one of them where it is missing fails in one line.
 TRAIN_EXTRA = {"torch", "safetensors", "skimage", "scipy", "yt_dlp", "onnx", "matplotlib", "torchvision"}
 INSTALL_HINT = "install the training extra: pip install 'wsvs[train]'"
@@ -107,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"wsvs {command}: error: {exc}", file=sys.stderr)
         return 2
+    except IncompleteError as exc:
+        rerun = shlex.join(["wsvs", *(sys.argv[1:] if argv is None else argv)])
+        print(f"wsvs {command}: incomplete: {exc}; finished work is kept, resume with: {rerun}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
             raise

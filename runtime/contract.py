@@ -10,6 +10,7 @@ graph ops, and a test holds the two equal.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from . import __version__
 from .errors import InputError
 
 FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"  # a checkpoint folder's two files
+METADATA_FILE = "model.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_RANGE = ("float32 (N, 3, H, W) RGB: pixel / 255, minus mean, divided by std, per channel "
@@ -107,12 +110,14 @@ class GraphMetadata(InferenceMetadata):
     graph: str  # "segmenter", "encoder" or "decoder"
     precision: str  # "fp32", "fp16" or "int8"
     top_k: int  # classes per image that go through the decoder
+    checkpoint_sha256: str | None = None  # checkpoint_digest of the checkpoint it was exported from
 
     @classmethod
-    def of(cls, meta: InferenceMetadata, graph: str, precision: str, top_k: int) -> GraphMetadata:
+    def of(cls, meta: InferenceMetadata, graph: str, precision: str, top_k: int,
+           checkpoint_sha256: str) -> GraphMetadata:
         """The metadata of one graph exported from the model that ``meta`` describes."""
         shared = {f.name: getattr(meta, f.name) for f in dataclasses.fields(InferenceMetadata)}
-        return cls(**shared, graph=graph, precision=precision, top_k=top_k)
+        return cls(**shared, graph=graph, precision=precision, top_k=top_k, checkpoint_sha256=checkpoint_sha256)
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` that ``from_props`` reads back, plus the version and input range for people."""
@@ -131,6 +136,7 @@ class GraphMetadata(InferenceMetadata):
             "foreground_threshold": repr(self.foreground_threshold),
             "top_k": str(self.top_k),
             "decoder_trained": json.dumps(self.decoder_trained),
+            **({} if self.checkpoint_sha256 is None else {"checkpoint_sha256": self.checkpoint_sha256}),
         }
 
     @classmethod
@@ -143,9 +149,47 @@ class GraphMetadata(InferenceMetadata):
                        class_threshold=float(props["class_threshold"]),
                        foreground_threshold=float(props["foreground_threshold"]),
                        decoder_trained=json.loads(props["decoder_trained"]), graph=props["graph"],
-                       precision=props["precision"], top_k=int(props["top_k"]))
+                       precision=props["precision"], top_k=int(props["top_k"]),
+                       checkpoint_sha256=props.get("checkpoint_sha256"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"graph metadata is incomplete ({exc})") from None
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """SHA-256 of a checkpoint folder's weights then metadata file: what an exported graph records of the
+    checkpoint it came from."""
+    digest = hashlib.sha256()
+    for name in (WEIGHTS_FILE, METADATA_FILE):
+        with open(folder / name, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_exported_from(graph: Path, props: Mapping[str, str]) -> None:
+    """Refuse a graph (or engine) that sits beside a checkpoint it was not exported from: new weights beside an
+    older export, or a damaged checkpoint, would otherwise be run as the old graph without a word."""
+    folder = graph.parent
+    files = [folder / WEIGHTS_FILE, folder / METADATA_FILE]
+    if not any(path.exists() for path in files):
+        return  # a graph on its own: nothing it could be stale against
+    redo = f"re-export it (wsvs export --model {folder}) or run the checkpoint (--backend pytorch-eager)"
+    missing = [path.name for path in files if not path.is_file()]
+    if missing:
+        raise InputError(folder, f"checkpoint beside {graph.name} lacks {', '.join(missing)}")
+    recorded = props.get("checkpoint_sha256")
+    if recorded is None:
+        raise InputError(graph, f"records no checkpoint digest (an older export), so it cannot be checked against "
+                                f"the checkpoint beside it: {redo}")
+    if checkpoint_digest(folder) != recorded:
+        try:
+            json.loads((folder / METADATA_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(folder / METADATA_FILE, f"not valid JSON ({exc}); {graph.name} beside it is not "
+                                                     "run") from None
+        raise InputError(graph, f"was exported from another checkpoint than the {WEIGHTS_FILE} and "
+                                f"{METADATA_FILE} beside it (a stale export, or a changed or damaged checkpoint): "
+                                f"{redo}")
 
 
 def present_classes(scores: np.ndarray, class_threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray]:

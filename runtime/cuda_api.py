@@ -15,7 +15,8 @@ import numpy as np
 
 from .errors import InputError
 
-INSTALL = "pip install 'wsvs[gpu]'"
+# The GPU extras, one per CUDA major (pyproject.toml): the driver's CUDA version must be at least that major.
+INSTALL = "pip install 'wsvs[gpu-cu12]', or 'wsvs[gpu-cu13]' with a CUDA 13 driver"
 
 
 class CudaError(InputError, RuntimeError):
@@ -50,6 +51,19 @@ def nvrtc():
     except ImportError:
         raise CudaError(f"cuda-python is not installed ({INSTALL}; NVRTC also needs nvidia-cuda-nvrtc-cu12)") from None
     return module
+
+
+def native_handle(value) -> int:
+    """The handle that a cuda-python handle object (a stream, event or context) wraps, as an int.
+
+    cuda-bindings 13 deprecates ``int(object)`` for this in favour of ``cuda.bindings.utils.get_cuda_native_handle``,
+    which older cuda-bindings 12 releases lack.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(value)
+    return get_cuda_native_handle(value)
 
 
 def check(result: tuple):
@@ -88,6 +102,12 @@ def is_available(device: int = 0) -> bool:
         return False
 
 
+def driver_version() -> str:
+    """The CUDA version the installed driver supports, e.g. "12.9" (the newest CUDA major it runs)."""
+    version = check(init_driver(0).cuDriverGetVersion())
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 def device_name(device: int = 0) -> str:
     """The name of GPU ``device`` (as the TensorRT engine sidecars record it)."""
     api = init_driver(device)
@@ -97,12 +117,17 @@ def device_name(device: int = 0) -> str:
 
 @dataclass(frozen=True)
 class Device:
-    """A GPU whose primary context is current in this thread (driver API)."""
+    """A GPU and its primary context (driver API); ``make_current`` makes the context current in the calling
+    thread, which every thread that uses the GPU must do first."""
 
     index: int
     handle: object  # CUdevice
+    context: object  # CUcontext: the primary context, retained
     arch: str  # "sm_XY"
     multiprocessors: int
+
+    def make_current(self) -> None:
+        check(driver().cuCtxSetCurrent(self.context))
 
 
 def open_device(device: int = 0) -> Device:
@@ -113,8 +138,9 @@ def open_device(device: int = 0) -> Device:
     major = check(api.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle))
     minor = check(api.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle))
     processors = check(api.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, handle))
-    check(api.cuCtxSetCurrent(check(api.cuDevicePrimaryCtxRetain(handle))))
-    return Device(device, handle, f"sm_{major}{minor}", processors)
+    gpu = Device(device, handle, check(api.cuDevicePrimaryCtxRetain(handle)), f"sm_{major}{minor}", processors)
+    gpu.make_current()
+    return gpu
 
 
 class Stream:
@@ -126,8 +152,10 @@ class Stream:
         self._buffers: list = []
         self.handle = check(self._api.cudaStreamCreate())
 
-    def __int__(self) -> int:
-        return int(self.handle)
+    @property
+    def native(self) -> int:
+        """The stream as the integer handle that TensorRT's ``execute_async_v3`` takes."""
+        return native_handle(self.handle)
 
     def malloc(self, nbytes: int) -> int:
         """A device buffer of ``nbytes``, freed by ``close``."""

@@ -1,4 +1,5 @@
-"""The one error type that means "the user gave us bad input": CLIs print it on one line and exit 2."""
+"""The error types CLIs turn into one line and an exit code: bad input (exit 2), and work that stopped early for a
+reason outside the input, to be resumed by a rerun (exit 3)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,8 @@ class InputError(Exception):
 
     def __reduce__(self) -> tuple[type, tuple[Path | None, str]]:  # raised in a worker process, re-raised here
         return InputError, (self.path, self.problem)
+
+
+class IncompleteError(Exception):
+    """A long job stopped before its end (a site's rate limit, a spent budget, network errors); its finished work
+    is kept and rerunning the same command resumes it. The message says why, on one line."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from PIL import Image
 from .errors import InputError
 
 VOID = 255
+# Pillow's own warning level for decompression bombs: images declaring more pixels than this are refused.
+MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 
@@ -101,28 +104,42 @@ def write_binary_png(path: str | Path, mask: np.ndarray) -> None:
         Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), mode="L").save(tmp, "PNG")
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; gray, RGBA and 16-bit inputs are converted.
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """An image or video frame declared larger than ``max_pixels`` is an InputError naming ``path``."""
+    if width * height > max_pixels:
+        raise InputError(path, f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the cap of "
+                               f"{max_pixels / 1e6:.1f} (--max-pixels)")
 
-    An unreadable file is an InputError naming it.
+
+def read_image_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB; gray, alpha, palette, CMYK and 16-bit inputs are converted.
+
+    The size its header declares is checked against ``max_pixels`` before any pixel is decoded, so a
+    decompression bomb costs nothing. A missing, unreadable, truncated or oversized file is an InputError naming it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an image")
     if not path.is_file():
         raise InputError(path, "file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError(path, "not a readable image")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise InputError(path, f"unsupported pixel type {image.dtype}")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    try:
+        # Pillow warns about damaged metadata (and about large images, which the cap below decides): one line of
+        # error per unreadable file is the report, readable pixels are what counts.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                check_pixels(path, *image.size, max_pixels)
+                image.load()
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: keep the high byte
+                    gray = np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8)
+                    return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+                if image.mode == "F":
+                    raise InputError(path, "unsupported pixel type (floating point)")
+                return np.array(image.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"declared size is over Pillow's decompression-bomb limit ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unidentified, truncated, broken files
+        raise InputError(path, f"not a readable image ({exc})") from None
 
 
 def write_image_rgb(path: str | Path, image: np.ndarray) -> None:
@@ -150,8 +167,10 @@ def add_h264_stream(container: Any, rate: Any, width: int, height: int, crf: int
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the palette colours of a label map over an RGB image; background (0) and void stay as is."""
-    colours = voc_palette()[labels]
+    """Blend the palette colours of a label map over an RGB image; background (0) and void stay as is.
+
+    In uint8 throughout: a float copy of a photo of tens of megapixels would take gigabytes."""
+    blended = cv2.addWeighted(image, 1 - alpha, voc_palette()[labels], alpha, 0)
     keep = (labels == 0) | (labels == VOID)
-    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
-    return np.where(keep[..., None], image, blended)
+    blended[keep] = image[keep]
+    return blended

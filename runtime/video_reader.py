@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .io import IMAGE_SUFFIXES, read_image_rgb
+from .io import IMAGE_SUFFIXES, check_pixels, read_image_rgb
 
 # A rate for streams and cameras that declare none (rare; some raw or broken files).
 FALLBACK_RATE = Fraction(25)
@@ -43,6 +43,16 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream
         container.close()
         raise InputError(path, "has no video stream")
     return container, container.streams.video[0]
+
+
+def check_frame_size(path: Path, max_pixels: int) -> None:
+    """Refuse a video file whose stream declares frames of more than ``max_pixels``, before decoding any."""
+    container, stream = open_video(path)
+    with container:
+        codec = stream.codec_context
+        if codec is None:
+            raise InputError(path, "the video stream has no codec parameters (a truncated file?)")
+        check_pixels(path, codec.width, codec.height, max_pixels)
 
 
 def frame_files(folder: Path) -> list[Path]:

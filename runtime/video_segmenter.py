@@ -23,17 +23,16 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .backends import open_backend, select_backend
 from .contract import GraphMetadata, labels_from_foreground, present_classes
 from .errors import InputError
-from .image_segmenter import network_size
-from .io import add_h264_stream, atomic_path, overlay, write_json, write_palette_png
+from .image_segmenter import SizeLimits, check_graph, restore_size, working_size
+from .io import MAX_PIXELS, add_h264_stream, atomic_path, overlay, write_json, write_palette_png
 from .preprocess import normalise, resize_rgb
-from .video_reader import FALLBACK_RATE, VideoReader
+from .video_reader import FALLBACK_RATE, VideoReader, check_frame_size
 from .videoseg import VideoSegConfig, segment_frames
 
 REFINEMENTS = ("none", "superpixel")
@@ -75,12 +74,14 @@ class VideoSegmenter:
 
     ``model``: an export folder or segmenter file (the encoder and decoder graphs sit beside it).
     ``batch``: frames per encoder call. ``long_side``: frames are segmented with their longer side resized
-    to this. ``refine``: "none" (decoder) or "superpixel" (§3.2 graph cut over windows of ``window`` frames).
+    to this (None: the model's training crop size), each side within what the graphs accept. ``max_pixels``: a
+    video whose frames are larger is refused before decoding. ``refine``:
+    "none" (decoder) or "superpixel" (§3.2 graph cut over windows of ``window`` frames).
     """
 
-    def __init__(self, model: str | Path, backend: str = "auto", batch: int = 4, long_side: int = 320,
+    def __init__(self, model: str | Path, backend: str = "auto", batch: int = 4, long_side: int | None = None,
                  refine: str = "none", window: int = 8, videoseg: VideoSegConfig | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, max_pixels: int = MAX_PIXELS) -> None:
         if refine not in REFINEMENTS:
             raise InputError(None, f"refine must be one of {', '.join(REFINEMENTS)}, got {refine!r}")
         if batch < 1 or window < 1:
@@ -89,12 +90,24 @@ class VideoSegmenter:
         self.decoder = open_backend(model, "decoder", self.encoder.name, threads)
         self.metadata = GraphMetadata.from_props(self.encoder.metadata, self.encoder.path)
         self.batch = min(batch, self.encoder.max_batch or batch)
-        self.long_side, self.refine, self.window = long_side, refine, window
+        self.limits = SizeLimits.of(self.encoder)
+        self.long_side = self.limits.long_side(long_side, self.metadata.input_size, self.encoder.path)
+        self.refine, self.window = refine, window
+        self.max_pixels = max_pixels
+        height, width = self.limits.min_height, self.limits.min_width
+        classes = len(self.metadata.class_names)
+        blank = normalise(np.zeros((1, height, width, 3), np.uint8), self.metadata.mean, self.metadata.std)
+        check_graph(self.encoder, blank, {"scores": (1, classes), "attention": (1, classes, height, width)})
+        check_graph(self.decoder, np.zeros((1, 1, height, width), np.float32), {"foreground": (1, 1, height, width)})
         self.videoseg = videoseg or VideoSegConfig()
+
+    def describe(self) -> str:
+        return f"{self.encoder.describe()} running {self.encoder.path} and {self.decoder.path.name}"
 
     def encode(self, small: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (N, C) and multi-scale attention (N, C, H, W) of same-size RGB frames."""
-        outputs = self.encoder.run(normalise(np.stack(small), self.metadata.mean, self.metadata.std))
+        outputs = self.encoder.run(normalise(np.stack(small), self.metadata.mean, self.metadata.std),
+                                   ("scores", "attention"))
         return outputs["scores"], outputs["attention"]
 
     def decode(self, scores: np.ndarray, attention: np.ndarray) -> np.ndarray:
@@ -107,7 +120,8 @@ class VideoSegmenter:
         for start in range(0, len(frame_index), step):
             picked = slice(start, start + step)
             maps = attention[frame_index[picked], class_index[picked]][:, None]
-            foreground[frame_index[picked], class_index[picked]] = self.decoder.run(maps)["foreground"][:, 0]
+            decoded = self.decoder.run(maps, ("foreground",))["foreground"]
+            foreground[frame_index[picked], class_index[picked]] = decoded[:, 0]
         return labels_from_foreground(foreground, self.metadata.foreground_threshold)
 
     def refine_window(self, small: list[np.ndarray], scores: list[np.ndarray],
@@ -125,6 +139,8 @@ class VideoSegmenter:
         """Segment every frame of ``source`` (file or camera index) into ``out``; returns the summary it
         writes to ``<out>/summary.json``. A corrupt packet is skipped; a damaged file ends the run cleanly."""
         name = None if isinstance(source, int) else Path(source)
+        if name is not None:
+            check_frame_size(name, self.max_pixels)
         reader = VideoReader(source, tolerant=True)
         started = time.perf_counter()
         with atomic_path(out / "overlay.mp4") as overlay_path, \
@@ -132,7 +148,7 @@ class VideoSegmenter:
             stream = _LabelledStream(self, out / "masks", OverlayWriter(overlay_path, FALLBACK_RATE))
             for frame in reader:
                 stream.overlays.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
-                stream.add(frame, network_size(*frame.shape[:2], self.long_side, name))
+                stream.add(frame, working_size(*frame.shape[:2], self.long_side, self.limits))
                 progress.update(1)
                 if max_frames is not None and stream.written + len(stream.pending.frames) >= max_frames:
                     break
@@ -194,7 +210,7 @@ class _LabelledStream:
 
     def write(self, frames: list[np.ndarray], labels: np.ndarray) -> None:
         for frame, small_labels in zip(frames, labels):
-            full = cv2.resize(small_labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+            full = restore_size(small_labels, frame.shape[:2])
             write_palette_png(self.masks_dir / f"{self.written:06d}.png", full)
             self.overlays.write(overlay(frame, full))
             self.written += 1

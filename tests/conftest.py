@@ -91,3 +91,20 @@ def decoder_dir(world_dir: Path, encoder_dir: Path, video_masks: Path,
     assert main(["train-decoder", "--model", str(encoder_dir), "--videos", str(world_dir / "web"),
                  "--masks", str(video_masks), "--out", str(out), "--epochs", "6"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint (width 0.125, random encoder, 5 classes) with its three fp32 graphs beside it, exported
+    with top-k 3."""
+    from test_export_onnx import save_tiny_checkpoint
+
+    from wsvs.export import onnx_export
+    from wsvs.runtime.contract import checkpoint_digest
+    from wsvs.training.checkpoint import load_checkpoint
+
+    folder = save_tiny_checkpoint(tmp_path_factory.mktemp("model"))
+    model, meta = load_checkpoint(folder)
+    onnx_export.export_onnx(model, meta, onnx_export.GraphPaths.beside(folder / "model.onnx"), 17, 3,
+                            checkpoint_digest(folder))
+    return folder

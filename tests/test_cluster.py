@@ -17,10 +17,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_crawl import CLASSES, load_brightness_scorer, manifest_without_times, serve_clips, small_config, write_pages
+from test_crawl import (
+    CLASSES,
+    RATE_LIMIT,
+    load_brightness_scorer,
+    manifest_without_times,
+    network_rejections,
+    serve_clips,
+    small_config,
+    write_pages,
+)
 from test_segment_videos import davis_frames, encode_mp4
 
 from wsvs.runtime.cli import main
+from wsvs.runtime.errors import IncompleteError
 from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.io import read_json
 from wsvs.training.crawl import crawl
@@ -168,15 +178,21 @@ def test_ray_tasks_give_the_local_outputs(cluster: Cluster, videos: Path, local_
 
 
 def test_the_crawl_as_ray_tasks_gives_the_local_crawl(cluster: Cluster, shared_data: Path, tmp_path: Path) -> None:
-    """Pages on 127.0.0.1; thumbnails, downloads, key-frames and clips in Ray workers, as in this process."""
+    """Pages on 127.0.0.1; thumbnails, downloads, key-frames and clips in Ray workers, as in this process. A rate
+    limit met by a task stops the crawl (the rest cancelled, the work done kept); the rerun finishes it."""
     names = ("realshort", "bikes", "carphone_pristine")
     with LoopbackServer() as server:
         pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", names)})
         local = small_config(tmp_path / "local", pages, workers=1)
         crawl(local, load_brightness_scorer, CLASSES)
         on_ray = small_config(tmp_path / "ray", pages, workers=2)
-        summary = crawl(on_ray, load_brightness_scorer, CLASSES,
-                        ExecutorConfig(kind="ray", workers=2, address=cluster.address))
+        executor = ExecutorConfig(kind="ray", workers=2, address=cluster.address)
+        server.fail_after(5, RATE_LIMIT)  # the listing (3 pages) and two thumbnails, then HTTP 429
+        with pytest.raises(IncompleteError, match=r"^stopped at class 'bird': blocked by the site .*429"):
+            crawl(on_ray, load_brightness_scorer, CLASSES, executor)
+        assert network_rejections(on_ray.out) == {}
+        server.recover()
+        summary = crawl(on_ray, load_brightness_scorer, CLASSES, executor)
     assert summary["bird"]["kept"] == 2 and summary["bird"]["rejected"] == 1
     assert manifest_without_times(on_ray.out) == manifest_without_times(local.out)
     clips = sorted(p.relative_to(local.out) for p in (local.out / "clips").rglob("*.mp4"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import cv2
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from wsvs.cuda_kernels import pooling
 from wsvs.cuda_kernels.host_build import HostExecutor, build_host_library
+from wsvs.runtime import cuda_api
 from wsvs.runtime.io import read_image_rgb
 from wsvs.runtime.pooling import superpixel_pool as reference_pool
 from wsvs.runtime.superpixels import rgb_to_lab, slic_superpixels
@@ -96,9 +99,9 @@ def random_case(seed: int, batch: int, channels: int, height: int, width: int, n
 CASES = [
     (1, 1, 17, 23, 5, pooling.SHARED_BUDGET, 1, True, 1),
     (3, 5, 40, 61, 120, pooling.SHARED_BUDGET, 8, True, 1),
-    (2, 20, 36, 48, 1000, pooling.SHARED_BUDGET, 8, True, 4),  # 1000 bins fit 5 channels in 48 KiB
-    (2, 7, 30, 50, 64, 64 * (8 * 2 + 4), 16, True, 4),  # two channels per chunk, many tiles
-    (2, 3, 30, 50, 64, 64 * 8, 4, False, 1),  # no channel fits: global atomics
+    (2, 20, 36, 48, 1000, pooling.SHARED_BUDGET, 8, True, 5),  # 1000 bins fit 4 channels beside the staging
+    (2, 7, 30, 50, 64, pooling.STAGE_BYTES + 64 * (8 * 2 + 4), 16, True, 4),  # two channels per chunk, many tiles
+    (2, 3, 30, 50, 64, pooling.STAGE_BYTES + 64 * 8, 4, False, 1),  # no channel fits: global atomics
     (5, 1, 7, 9, 1, pooling.SHARED_BUDGET, 64, True, 1),  # one superpixel, runs cut short
 ]
 
@@ -210,11 +213,30 @@ def test_plan_fits_shared_memory_and_covers_the_work() -> None:
     ]:
         plan = pooling.plan_launch(4, channels, pixels, superpixels, budget, 528)
         assert plan.shared_bytes <= budget
-        assert (
-            plan.tile % pooling.RUN_PIXELS == 0 and plan.grid[0] * plan.tile >= pixels > (plan.grid[0] - 1) * plan.tile
-        )
+        assert plan.tile % pooling.STAGE_PIXELS == 0
+        assert plan.grid[0] * plan.tile >= pixels > (plan.grid[0] - 1) * plan.tile
         assert plan.grid[2] * plan.chunk >= channels > (plan.grid[2] - 1) * plan.chunk
     assert not pooling.plan_launch(1, 2, 100, 7000, 48 * 1024, 1).privatised  # 7000 bins of one channel: 84 KiB
+
+
+def test_executor_makes_its_context_current_in_every_calling_thread(monkeypatch) -> None:
+    """A CUDA context is current per thread: the shared executor must not rely on the thread that built it."""
+    calls = []
+
+    def set_current(context):
+        calls.append((threading.get_ident(), context))
+        return (0,)
+
+    # The driver calls of zeros and free; each cuCtxSetCurrent records its thread.
+    driver = types.SimpleNamespace(cuCtxSetCurrent=set_current, cuMemAlloc=lambda nbytes: (0, 4096),
+                                   cuMemsetD8=lambda pointer, value, nbytes: (0,), cuMemFree=lambda pointer: (0,))
+    monkeypatch.setattr(cuda_api, "driver", lambda: driver)
+    executor = object.__new__(pooling.CudaExecutor)  # without a GPU: only the context handling is under test
+    executor._driver, executor._gpu = driver, cuda_api.Device(0, None, "primary context", "sm_90", 132)
+    worker = threading.Thread(target=lambda: executor.free(executor.zeros(16)))
+    worker.start()
+    worker.join()
+    assert calls == [(worker.ident, "primary context")] * 2
 
 
 def test_loader_is_torch_free() -> None:

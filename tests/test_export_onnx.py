@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,8 @@ from torch import nn
 
 from wsvs.export import cli, onnx_export, quantize, verify
 from wsvs.export.tensorrt_build import ShapeProfile, parse_shape
-from wsvs.runtime import backends
-from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground, present_classes
+from wsvs.runtime import backends, cuda_api
+from wsvs.runtime.contract import ArchConfig, ModelMetadata, checkpoint_digest, labels_from_foreground, present_classes
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_image_rgb
 from wsvs.runtime.metrics import ConfusionMatrix
@@ -68,10 +70,11 @@ def loaded(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def fp32_graphs(loaded, tmp_path_factory) -> onnx_export.GraphPaths:
+def fp32_graphs(checkpoint, loaded, tmp_path_factory) -> onnx_export.GraphPaths:
     model, meta = loaded
     paths = onnx_export.GraphPaths.beside(tmp_path_factory.mktemp("onnx") / "model.onnx")
-    onnx_export.export_onnx(model, meta, paths, opset=17, top_k=TOP_K)
+    onnx_export.export_onnx(model, meta, paths, opset=17, top_k=TOP_K,
+                            checkpoint_sha256=checkpoint_digest(checkpoint))
     return paths
 
 
@@ -104,7 +107,8 @@ def trained(decoder_dir, tmp_path_factory) -> tuple[WSVSModel, ModelMetadata, on
     """The small world's video-trained checkpoint and its fp32 graphs."""
     model, meta = load_checkpoint(decoder_dir)
     graphs = onnx_export.GraphPaths.beside(tmp_path_factory.mktemp("trained_onnx") / "model.onnx")
-    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
+    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K,
+                            checkpoint_sha256=checkpoint_digest(decoder_dir))
     return model, meta, graphs
 
 
@@ -220,32 +224,57 @@ def test_int8_weights_cannot_saturate_16_bit_pair_sums(low_precision_graphs):
     assert largest == 64  # the 7-bit range is used (each channel's largest weight maps to +-64), not shrunk further
 
 
+def test_int8_deconvolution_weights_are_per_tensor(low_precision_graphs):
+    """TensorRT builds deconvolutions only from per-tensor weight Q/DQ (NVIDIA/TensorRT 1694, 2380); convolutions
+    keep one scale per output channel."""
+    model = onnx.load(str(low_precision_graphs["int8"]))
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {name: node for node in model.graph.node for name in node.output}
+    scales = {"Conv": [], "ConvTranspose": []}  # (scale, the weights' output channels)
+    for node in model.graph.node:
+        if node.op_type in scales:
+            dequantize = producers[node.input[1]]
+            weights = constants[dequantize.input[0]]
+            channels = weights.shape[0 if node.op_type == "Conv" else 1]  # ConvTranspose: (C_in, C_out, ...)
+            scales[node.op_type].append((constants[dequantize.input[1]], channels))
+    assert scales["ConvTranspose"] and all(scale.ndim == 0 for scale, _ in scales["ConvTranspose"])
+    assert scales["Conv"] and all(scale.shape == (channels,) for scale, channels in scales["Conv"])
+
+
 def tensorrt_ops() -> set[str]:
     lines = (line.split("#", 1)[0].strip() for line in TENSORRT_OPS.read_text().splitlines())
     return {line for line in lines if line}
 
 
 def test_graphs_use_only_tensorrt_ops(fp32_graphs, low_precision_graphs):
+    """The operators the exported graphs use, against TensorRT 10.15's ONNX parser support matrix and its
+    restrictions (the list's header names the source)."""
     supported = tensorrt_ops()
-    assert {"Conv", "Resize", "TopK", "QuantizeLinear"} <= supported and "MaxUnpool" not in supported
+    assert {"Conv", "Resize", "TopK", "QuantizeLinear", "RMSNormalization"} <= supported
+    assert not {"MaxUnpool", "QLinearConv", "ConvInteger"} & supported
+    used = set()
     for path in [path for _, path in fp32_graphs.items()] + list(low_precision_graphs.values()):
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
         constants = {init.name: init for init in model.graph.initializer}
         constants |= {node.output[0]: node.attribute[0].t for node in model.graph.node if node.op_type == "Constant"}
-        assert {node.op_type for node in model.graph.node} <= supported, path.name
+        used |= {node.op_type for node in model.graph.node}
         for node in model.graph.node:  # the matrix's restrictions
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             if node.op_type == "TopK":
-                assert node.input[1] in constants
+                assert node.input[1] in constants and attributes.get("sorted", 1) == 1
+                assert onnx.numpy_helper.to_array(constants[node.input[1]]).max() < 3840
             if node.op_type == "Resize":
-                assert attributes["mode"] in (b"nearest", b"linear")
+                assert attributes["mode"] in (b"nearest", b"linear") and not attributes.get("antialias", 0)
                 assert attributes["coordinate_transformation_mode"] in (b"half_pixel", b"asymmetric")
-            if node.op_type == "MaxPool":  # no Indices output; the decoder's pools round odd sizes up
-                assert len(node.output) == 1
+            if node.op_type in ("MaxPool", "AveragePool"):  # no Indices output, no dilation
+                assert len(node.output) == 1 and set(attributes.get("dilations", [1])) == {1}
+            if node.op_type == "MaxPool":  # the decoder's pools round odd sizes up
                 assert attributes["ceil_mode"] == 1 or not node.name.startswith("/decoder/")
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 assert not onnx.numpy_helper.to_array(constants[node.input[2]]).any()
+    assert used - supported == set()
+    assert {"Conv", "ConvTranspose", "TopK", "QuantizeLinear", "DequantizeLinear"} <= used  # the graphs were read
 
 
 def test_graph_metadata_and_dynamic_axes(fp32_graphs, loaded):
@@ -377,18 +406,65 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoint, tmp_pat
     assert "--calib" in capsys.readouterr().err
 
 
-def test_cli_engine_without_tensorrt_fails_cleanly(checkpoint, tmp_path, capsys):
-    try:
-        import tensorrt  # noqa: F401
-
-        pytest.skip("tensorrt is installed here: the missing-TensorRT path cannot be exercised")
-    except ImportError:
-        pass
+def test_cli_engine_without_tensorrt_fails_cleanly(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # what Python does where the package is not installed
     before = set(checkpoint.iterdir())
     assert cli.main(["--model", str(checkpoint), "--out-engine", str(tmp_path / "m.engine")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "TensorRT is not installed" in error
     assert set(checkpoint.iterdir()) == before and not list(tmp_path.iterdir())
+
+
+def test_cli_engine_build_failing_to_start_cuda_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys,
+                                                                               monkeypatch):
+    """trt.Builder raises TypeError ("factory function returned nullptr") when CUDA cannot start: exit 2, one line,
+    and neither the engines nor the ONNX graphs of that run are left behind."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    def builder(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(Logger=Logger, Builder=builder))
+    monkeypatch.setattr(cuda_api, "device_name", lambda device=0: "NVIDIA Stand-in GPU")
+    out = tmp_path / "out"
+    assert cli.main(["--model", str(checkpoint), "--out", str(out / "m.onnx"), "--out-engine",
+                     str(out / "m.engine")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "TensorRT cannot start on this GPU (pybind11::init(): factory" in error
+    assert not list(out.iterdir())
+
+
+def test_cli_writes_nothing_when_an_engine_fails_verification(checkpoint, tmp_path, capsys, monkeypatch):
+    """Engines are built and checked in a scratch folder; a verification failure leaves no output at all."""
+    from wsvs.export import tensorrt_build
+
+    def build_engine(onnx_path, engine_path, shapes, precision, metadata, timing_cache=None):
+        engine_path.parent.mkdir(parents=True, exist_ok=True)
+        engine_path.write_bytes(b"engine")
+        tensorrt_build.sidecar_path(engine_path).write_text("{}")
+        return {}
+
+    def tensorrt_runner(path, graph):  # an engine whose outputs are all zeros: far from PyTorch
+        assert path.read_bytes() == b"engine"  # it checks the engine it built, before anything is written
+        run = verify.onnxruntime_runner(Path(str(path).replace("engines", "graphs")).with_suffix(".onnx"))
+        return lambda inputs: [np.zeros_like(output) for output in run(inputs)]
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace())
+    monkeypatch.setattr(cuda_api, "device_name", lambda device=0: "NVIDIA Stand-in GPU")
+    monkeypatch.setattr(tensorrt_build, "build_engine", build_engine)
+    monkeypatch.setattr(verify, "tensorrt_runner", tensorrt_runner)
+    out = tmp_path / "out"
+    code = cli.main(["--model", str(checkpoint), "--out", str(out / "m.onnx"), "--out-engine", str(out / "m.engine"),
+                     "--minShapes", "1x3x32x32", "--optShapes", "1x3x64x64", "--maxShapes", "2x3x64x64"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "tensorrt" in captured.out and "FAIL" in captured.out and "nothing was written" in captured.err
+    assert "onnxruntime" in captured.out and not list(out.iterdir())
 
 
 def test_shape_flags():
@@ -444,7 +520,8 @@ def test_log_sum_exp_pooling_exports_for_every_input_size(tmp_path):
     model = WSVSModel(arch).eval()
     meta = ModelMetadata(class_names=["ant", "bee", "cat"], arch=arch)
     graphs = onnx_export.GraphPaths.beside(tmp_path / "model.onnx")
-    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K)
+    digest = checkpoint_digest(save_checkpoint(tmp_path, model, meta))
+    onnx_export.export_onnx(model, meta, graphs, opset=17, top_k=TOP_K, checkpoint_sha256=digest)
     for path in (graphs.segmenter, graphs.encoder):  # both graphs give the class scores first
         for shape in ((1, 64, 64), (2, 97, 131)):
             images = images_of(shape, meta)

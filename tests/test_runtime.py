@@ -14,14 +14,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_export_onnx import save_tiny_checkpoint
 
-from wsvs.export import onnx_export, verify
+from wsvs.export import verify
 from wsvs.runtime import cuda_api
 from wsvs.runtime.backends import check_engine_sidecar, open_backend, select_backend
 from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.image_segmenter import ImageSegmenter, segment_files
+from wsvs.runtime.image_segmenter import ImageSegmenter, SizeLimits, restore_size, segment_files, working_size
 from wsvs.runtime.io import read_label_png, write_json
 from wsvs.runtime.preprocess import normalise, resize_rgb
 from wsvs.runtime.timing import synthetic_images
@@ -29,16 +28,7 @@ from wsvs.runtime.video_segmenter import VideoSegmenter
 from wsvs.training import bench
 from wsvs.training.checkpoint import load_checkpoint
 
-TOP_K = 3
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """A tiny checkpoint (width 0.125) with its three fp32 graphs beside it."""
-    folder = save_tiny_checkpoint(tmp_path_factory.mktemp("model"))
-    model, meta = load_checkpoint(folder)
-    onnx_export.export_onnx(model, meta, onnx_export.GraphPaths.beside(folder / "model.onnx"), 17, TOP_K)
-    return folder
+TOP_K = 3  # the top-k the `exported` fixture exports with
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +42,48 @@ def reference_labels(folder: Path, images: np.ndarray) -> np.ndarray:
     return verify.reference_segmentation(model, meta, x, TOP_K)[3].numpy()
 
 
-def test_image_segmenter_matches_pytorch_at_odd_sizes_and_batches(exported, segmenter):
+def test_image_segmenter_matches_pytorch_at_working_sizes_and_batches(exported, segmenter):
+    """Images go through the graph at their working size (long side = the model's input size, 321 here) and
+    come back at their own size, labelled as PyTorch labels the resized image."""
     odd = synthetic_images(3, 97, 131, seed=3)  # three of one size: a batch of 2, then 1
     small = synthetic_images(1, 64, 80, seed=4)
     results = segmenter.segment([odd[0], small[0], odd[1], odd[2]])
-    got = [r.labels for r in results]
-    for reference, labels in zip([*reference_labels(exported, odd), *reference_labels(exported, small)],
-                                 [got[0], got[2], got[3], got[1]]):
-        assert labels.shape == reference.shape and labels.dtype == np.uint8
+    assert segmenter.long_side == 321
+    assert working_size(97, 131, 321, segmenter.limits) == (238, 321)
+    assert working_size(64, 80, 321, segmenter.limits) == (257, 321)  # odd: ceil-mode pooling, resizes
+    expected = []
+    for images in (odd, small):
+        size = working_size(*images.shape[1:3], 321, segmenter.limits)
+        resized = np.stack([resize_rgb(image, size) for image in images])
+        expected += [restore_size(labels, images.shape[1:3]) for labels in reference_labels(exported, resized)]
+    for reference, result in zip(expected, [results[0], results[2], results[3], results[1]]):
+        assert result.labels.shape == reference.shape and result.labels.dtype == np.uint8
         assert len(np.unique(reference)) >= 3  # background and several classes: not a trivial map
-        assert np.mean(labels == reference) >= 0.999
+        assert np.mean(result.labels == reference) >= 0.999
     assert results[0].scores.shape == (5,)
 
 
 def test_long_side_resizes_and_restores_size(segmenter):
     image = synthetic_images(1, 90, 150, seed=6)[0]
     resized = ImageSegmenter(segmenter.backend.path, "ort-cpu", long_side=75).segment([image])[0].labels
-    direct = segmenter.segment([resize_rgb(image, (45, 75))])[0].labels
+    small = resize_rgb(image, (45, 75))
+    direct = segmenter.backend.run(normalise(small[None], segmenter.metadata.mean, segmenter.metadata.std))
     assert resized.shape == (90, 150)
-    np.testing.assert_array_equal(cv2.resize(direct, (150, 90), interpolation=cv2.INTER_NEAREST), resized)
+    np.testing.assert_array_equal(cv2.resize(direct["labels"][0].astype(np.uint8), (150, 90),
+                                             interpolation=cv2.INTER_NEAREST), resized)
+    with pytest.raises(InputError, match=r"--long-side 5000 is outside the sizes this graph accepts \(32\.\.4096\)"):
+        ImageSegmenter(segmenter.backend.path, "ort-cpu", long_side=5000)
+
+
+def test_working_size_stays_within_the_limits():
+    profile = SizeLimits(128, 128, 512, 512)  # an engine's optimisation profile, wsvs export's default
+    assert working_size(1, 1, 321, profile) == (321, 321)
+    assert working_size(1, 700, 321, profile) == (128, 321)  # stretched to the profile's minimum side
+    assert working_size(9000, 9000, 512, profile) == (512, 512)
+    assert working_size(3000, 20, 321, SizeLimits()) == (321, 32)
+    assert profile.long_side(None, 1000, None) == 512 and profile.long_side(None, 64, None) == 128
+    with pytest.raises(InputError, match=r"--long-side 100 is outside the sizes this graph accepts \(128\.\.512\)"):
+        profile.long_side(100, 321, None)
 
 
 def test_segment_files_reads_gray_rgba_and_16_bit(exported, tmp_path):
@@ -82,9 +95,9 @@ def test_segment_files_reads_gray_rgba_and_16_bit(exported, tmp_path):
     cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([bgr, np.full(gray.shape, 128, np.uint8)]))
     cv2.imwrite(str(tmp_path / "deep.png"), bgr.astype(np.uint16) * 257)
     out = tmp_path / "out"
-    written = segment_files(exported, [tmp_path], out, "ort-cpu", batch=3)
-    assert [p.name for p in written] == ["deep.png", "gray.png", "rgb.png", "rgba.png"]
-    labels = {p.stem: read_label_png(p) for p in written}
+    report = segment_files(ImageSegmenter(exported, "ort-cpu", batch=3), [tmp_path], out)
+    assert [p.name for p in report.written] == ["deep.png", "gray.png", "rgb.png", "rgba.png"] and not report.failed
+    labels = {p.stem: read_label_png(p) for p in report.written}
     assert len(np.unique(labels["rgb"])) >= 2
     np.testing.assert_array_equal(labels["rgba"], labels["rgb"])
     np.testing.assert_array_equal(labels["deep"], labels["rgb"])
@@ -93,19 +106,11 @@ def test_segment_files_reads_gray_rgba_and_16_bit(exported, tmp_path):
     assert all((out / f"{name}_overlay.jpg").is_file() for name in labels)
 
 
-def test_tiny_huge_and_unreadable_images_are_one_line_errors(exported, segmenter, tmp_path):
-    cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
-    with pytest.raises(InputError, match=r"dot\.png: image is 1x1, smaller than 32 px") as caught:
-        segment_files(exported, [tmp_path / "dot.png"], tmp_path / "out", "ort-cpu")
-    assert "\n" not in str(caught.value)
-    with pytest.raises(InputError, match="larger than 4096 px on a side"):
-        segmenter.segment([np.zeros((40, 5000, 3), np.uint8)])
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(InputError, match=r"broken\.jpg: not a readable image"):
-        segment_files(exported, [tmp_path / "broken.jpg"], tmp_path / "out", "ort-cpu")
+def test_auto_selects_onnxruntime_cpu_without_tensorrt_or_cuda_and_says_why(exported, monkeypatch):
+    import onnxruntime
 
-
-def test_auto_selects_onnxruntime_cpu_here_and_says_why(exported):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # what a machine without TensorRT and CUDA has
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     backend = select_backend("auto", exported / "model.onnx")
     assert backend.name == "ort-cpu"
     assert backend.selection.startswith("backend auto: ort-cpu (ONNX Runtime")
@@ -114,18 +119,18 @@ def test_auto_selects_onnxruntime_cpu_here_and_says_why(exported):
         select_backend("onnx", exported)
 
 
-def test_tensorrt_backend_fails_with_one_clear_line(exported, tmp_path):
+def test_tensorrt_backend_fails_with_one_clear_line(exported, tmp_path, monkeypatch):
+    """Without TensorRT (forced: sys.modules holds None); the faults of an installed TensorRT are injected in
+    tests/test_gpu_environment.py."""
     engine = tmp_path / "model.engine"
     with pytest.raises(InputError, match="TensorRT engine not found"):
         open_backend(tmp_path, "segmenter", "tensorrt")
     engine.write_bytes(b"not an engine")
     write_json(tmp_path / "model.engine.json", {"tensorrt_version": "10.13.0", "gpu": "NVIDIA H100"})
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(InputError, match=r"^TensorRT is not installed") as caught:
-            open_backend(tmp_path, "segmenter", "tensorrt")
-        assert "\n" not in str(caught.value)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(InputError, match=r"^TensorRT is not installed") as caught:
+        open_backend(tmp_path, "segmenter", "tensorrt")
+    assert "\n" not in str(caught.value)
 
 
 def test_engine_sidecar_must_match_this_tensorrt_and_gpu(tmp_path):
@@ -275,9 +280,37 @@ def test_gpu_backends_match_onnxruntime_cpu(exported):
         assert np.mean(a.labels == b.labels) >= 0.999
 
 
-def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys):
+@pytest.mark.gpu
+def test_tensorrt_engines_match_onnxruntime_cpu(exported, tmp_path):
+    """Engines built by `wsvs export --out-engine` (verified there against PyTorch) run on the runtime's TensorRT
+    backend, for images and 320x180 video frames, with the labels ONNX Runtime's CPU provider gives."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pytest.skip("TensorRT is not installed (pip install 'wsvs[gpu-cu12]' or 'wsvs[gpu-cu13]')")
+    if not cuda_api.is_available():
+        pytest.skip("no NVIDIA GPU / CUDA driver")
+    from wsvs.export import cli
+
+    engine = tmp_path / "model.engine"
+    assert cli.main(["--model", str(exported), "--out", str(tmp_path / "model.onnx"), "--out-engine", str(engine)]) == 0
+    sidecar = json.loads((tmp_path / "model.engine.json").read_text())
+    assert sidecar["profile"] == {"min": [1, 3, 32, 32], "opt": sidecar["profile"]["opt"], "max": [8, 3, 1024, 1024]}
+    images = list(synthetic_images(2, 97, 131, seed=3)) + list(synthetic_images(4, 180, 320, seed=4))
+    cpu = ImageSegmenter(exported, "ort-cpu").segment(images)
+    gpu = ImageSegmenter(tmp_path, "tensorrt").segment(images)
+    for a, b in zip(cpu, gpu):
+        assert np.mean(a.labels == b.labels) >= 0.999
+
+
+def test_segment_cli_runs_images_and_videos_on_the_runtime(exported, segmenter, shared_data, tmp_path, capsys,
+                                                         monkeypatch):
+    import onnxruntime
+
     from wsvs.runtime.cli import main
 
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # auto must pick ONNX Runtime's CPU provider, also on a GPU
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     images = synthetic_images(2, 97, 131, seed=5)
     for i, image in enumerate(images):
         cv2.imwrite(str(tmp_path / f"im{i}.png"), image[..., ::-1])

@@ -120,7 +120,7 @@ def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, 
                 loaded[name] = eager_segmenter(model_dir, graph_metadata(model_dir).top_k, threads)
             else:
                 backend = open_backend(model_dir, "segmenter", name, threads)
-                loaded[name] = lambda inputs, backend=backend: backend.run(inputs)["labels"]
+                loaded[name] = lambda inputs, backend=backend: backend.run(inputs, ("labels",))["labels"]
         except InputError as exc:
             if not everything:
                 raise

@@ -11,14 +11,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from wsvs.runtime.contract import FORMAT_VERSION, ModelMetadata
+from wsvs.runtime.contract import FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE, ModelMetadata
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import atomic_path, read_json, write_json
 
 from .models import ARCHITECTURES, WSVSModel
-
-WEIGHTS_FILE = "model.safetensors"
-METADATA_FILE = "model.json"
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:

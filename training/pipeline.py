@@ -159,7 +159,7 @@ def eval_cam_stage(run: PipelineRun) -> dict:
 def crawl_stage(run: PipelineRun) -> dict:
     """§4: the configured source, or the world's videos served as web pages on 127.0.0.1."""
     from .cam import FrameAttention
-    from .crawl import crawl, load_scorer
+    from .crawl import NETWORK_SETTINGS, crawl, load_scorer
     from .demo_world.loopback_site import LoopbackServer, serve_world_videos
 
     def work(folder: Path) -> dict:
@@ -173,11 +173,14 @@ def crawl_stage(run: PipelineRun) -> dict:
         with LoopbackServer() as server:
             pages = serve_world_videos(server, run.world / "web")
             write_json(folder / "pages.json", pages)
-            settings = replace(settings, source="pages", pages=folder / "pages.json")
+            # Our own server: no pacing.
+            settings = replace(settings, source="pages", pages=folder / "pages.json", sleep_requests_s=0.0,
+                               min_sleep_download_s=0.0, max_sleep_download_s=0.0)
             return {"summary": crawl(settings, load, class_names, executor)}
 
     return run_stage(run.out, "crawl", {"encoder": run.records["encoder"]["key"], "world": run.data_key,
-                                        "crawl": dump_config(run.config.crawl)}, work)
+                                        "crawl": {k: v for k, v in dump_config(run.config.crawl).items()
+                                                  if k not in NETWORK_SETTINGS}}, work)
 
 
 def segment_videos_stage(run: PipelineRun) -> dict:
@@ -224,14 +227,18 @@ def adapt_stage(run: PipelineRun) -> dict:
 
 def evaluate_stage(run: PipelineRun) -> dict:
     """§5: the decoder and the adapted model on the val split, with overlays."""
+    from wsvs.runtime.image_segmenter import segment_files
+
     from .evaluate import evaluate_model
-    from .segment import segment_files
+    from .segment import EagerSegmenter
 
     def work(folder: Path) -> dict:
         results = {}
         for name in ("decoder", "adapt"):
             results[name] = evaluate_model(run.out / name, run.data, run.config.evaluate)
-            segment_files(run.out / name, run.shown, folder / "overlays" / name)
+            skipped = segment_files(EagerSegmenter(run.out / name), run.shown, folder / "overlays" / name).failed
+            if skipped:
+                raise skipped[0]
         return results
 
     return run_stage(run.out, "evaluate", {"decoder": run.records["decoder"]["key"],

@@ -13,6 +13,8 @@ says which.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,9 @@ import numpy as np
 
 from wsvs.runtime.contract import labels_from_foreground
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.image_segmenter import image_paths
-from wsvs.runtime.io import VIDEO_SUFFIXES, overlay, read_image_rgb, write_image_rgb, write_palette_png
+from wsvs.runtime.image_segmenter import Segmentation, SizeLimits, restore_size, working_size
+from wsvs.runtime.io import MAX_PIXELS, VIDEO_SUFFIXES
+from wsvs.runtime.preprocess import resize_rgb
 
 
 def segment_images(model, meta, images: np.ndarray, present: np.ndarray | None = None,
@@ -89,23 +92,36 @@ def segment_dataset(model, meta, dataset, batch_size: int = 8, use_image_labels:
         yield from flush()
 
 
-def segment_files(model_dir: Path, inputs: list[Path], out: Path) -> list[Path]:
-    """Write ``<out>/<name>.png`` (VOC-palette label map) and ``<out>/<name>_overlay.jpg`` per image."""
-    from tqdm import tqdm
+class EagerSegmenter:
+    """The checkpoint run by PyTorch (backend ``pytorch-eager``), one image per call, at the working sizes of the
+    runtime's ``ImageSegmenter`` (within MIN_SIDE..MAX_SIDE, as there is no engine profile)."""
 
-    from .checkpoint import load_checkpoint
+    batch = 1
 
-    model, meta = load_checkpoint(model_dir)
-    if not meta.decoder_trained:
-        raise InputError(model_dir, "has no trained decoder (run train-decoder first)")
-    written = []
-    for path in tqdm(image_paths(inputs), desc="segment", unit="img", leave=False):
-        image = read_image_rgb(path)
-        labels = segment_images(model, meta, image[None])[0][0]
-        write_palette_png(out / f"{path.stem}.png", labels)
-        write_image_rgb(out / f"{path.stem}_overlay.jpg", overlay(image, labels))
-        written.append(out / f"{path.stem}.png")
-    return written
+    def __init__(self, model_dir: Path, long_side: int | None = None) -> None:
+        from .checkpoint import checkpoint_files, load_checkpoint
+
+        self.model, self.meta = load_checkpoint(model_dir)
+        if not self.meta.decoder_trained:
+            raise InputError(model_dir, "has no trained decoder (run train-decoder first)")
+        self.path = checkpoint_files(model_dir)[0]
+        self.limits = SizeLimits()
+        self.long_side = self.limits.long_side(long_side, self.meta.input_size, None)
+
+    def describe(self) -> str:
+        import torch
+
+        from wsvs.runtime.backends import EAGER
+
+        return f"{EAGER} (PyTorch {torch.__version__}) running {self.path}"
+
+    def segment(self, images: list[np.ndarray]) -> list[Segmentation]:
+        results = []
+        for image in images:
+            size = working_size(*image.shape[:2], self.long_side, self.limits)
+            labels, scores, _ = segment_images(self.model, self.meta, resize_rgb(image, size)[None])
+            results.append(Segmentation(restore_size(labels[0], image.shape[:2]), scores[0]))
+        return results
 
 
 def split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -126,8 +142,10 @@ def choose_backend(name: str, model: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsvs.runtime import image_segmenter
+    """Every input that can be segmented is; the others are listed at the end (exit 0), unless none could be
+    (one line, exit 2)."""
     from wsvs.runtime.backends import EAGER
+    from wsvs.runtime.image_segmenter import ImageSegmenter, SegmentReport, segment_files
     from wsvs.runtime.video_segmenter import VideoSegmenter
 
     model = args.model
@@ -137,18 +155,35 @@ def run(args: argparse.Namespace) -> int:
     if backend == EAGER and videos:
         raise InputError(videos[0], f"video input runs on the exported graphs: run `wsvs-export --model {model}` "
                          "first")
+    report = SegmentReport()
     if images:
-        if backend == EAGER:
-            written = segment_files(model, images, args.out)
-        else:
-            written = image_segmenter.segment_files(model, images, args.out, backend, args.batch, args.long_side)
-        print(f"segment: {len(written)} label maps (VOC palette) and overlays in {args.out}")
+        segmenter = (EagerSegmenter(model, args.long_side) if backend == EAGER
+                     else ImageSegmenter(model, backend, args.batch, args.long_side))
+        print(f"segment: {segmenter.describe()}", file=sys.stderr)
+        segment_files(segmenter, images, args.out, args.max_pixels, report)
+        print(f"segment: {len(report.written)} label maps (VOC palette) and overlays in {args.out}")
+    videos_done = 0
     if videos:
-        segmenter = VideoSegmenter(model, backend, args.batch, args.long_side or 320, args.refine, args.window)
+        video_segmenter = VideoSegmenter(model, backend, args.batch, args.long_side, args.refine, args.window,
+                                         max_pixels=args.max_pixels)
+        print(f"segment: {video_segmenter.describe()}", file=sys.stderr)
         for video in videos:
-            summary = segmenter.segment(video, args.out / video.stem)
+            try:
+                summary = video_segmenter.segment(video, args.out / video.stem)
+            except InputError as exc:
+                report.failed.append(exc)
+                with contextlib.suppress(OSError):
+                    (args.out / video.stem).rmdir()  # only if the failure left it empty
+                continue
+            videos_done += 1
             print(f"segment: {video.name}: {summary['frames']} frames at {summary['frames_per_s']:.1f} frames/s "
                   f"-> {args.out / video.stem} (masks/, overlay.mp4)")
+    if report.failed and not report.written and not videos_done:
+        raise InputError(None, "nothing could be segmented: " + "; ".join(map(str, report.failed)))
+    if report.failed:
+        print(f"segment: skipped {len(report.failed)} input(s):", file=sys.stderr)
+        for problem in report.failed:
+            print(f"  {problem}", file=sys.stderr)
     return 0
 
 
@@ -181,8 +216,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "auto on an X.engine file is tensorrt")
     p.add_argument("--batch", type=int, default=8, help="images or frames per network call (default 8)")
     p.add_argument("--long-side", dest="long_side", type=int, default=None,
-                   help="resize the longer side to this before the network (default: images as they are, "
-                   "video frames 320)")
+                   help="segment images and frames with their longer side resized to this, each side within "
+                   "what the graph (an engine's profile) accepts; label maps come back at the input's size "
+                   "(default: the model's training crop size)")
+    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=MAX_PIXELS,
+                   help="refuse images and videos whose header declares more pixels (per frame) than this, "
+                   "before decoding them "
+                   f"(decompression bombs; default {MAX_PIXELS}, Pillow's warning level)")
     p.add_argument("--refine", choices=REFINEMENTS, default="none",
                    help="videos: 'superpixel' replaces the decoder by the §3.2 graph cut over a sliding window")
     p.add_argument("--window", type=int, default=8, help="frames per refinement window (default 8)")

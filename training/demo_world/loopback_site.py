@@ -1,30 +1,52 @@
 """A small HTTP server on 127.0.0.1: serves the synthetic world's videos as web pages for the crawl (the demo
-and the tests), with a request log and, for failure tests, routes that stall."""
+and the tests), with a request log and, for failure tests, routes that stall and outages (a rate limit, a bot
+check, a server error) that start after a number of requests."""
 
 from __future__ import annotations
 
 import html
 import json
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # How long a stalled route holds its connection at most (the server's close releases it sooner).
 STALL_S = 30.0
+# What YouTube shows a guest it takes for a bot (in place of the video, from the extractor or a page).
+BOT_CHECK_PAGE = ("<!DOCTYPE html><html><head><title>YouTube</title></head><body><p>Sign in to confirm you\u2019re "
+                  "not a bot</p><p>This helps protect our community.</p></body></html>\n").encode()
+
+
+@dataclass(frozen=True)
+class Outage:
+    """The answer to every request once the outage has started: ``status`` with ``body`` and ``headers``."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class LoopbackServer:
     """Serve ``routes`` (path -> (body, content type)) on an ephemeral port of 127.0.0.1 in a thread.
 
-    ``requests`` logs the path of every request in arrival order. A path in ``stalled`` gets its
+    ``requests`` logs the path of every request in arrival order, ``times`` its arrival (time.monotonic()),
+    ``cookies`` its Cookie header ("" without). As a
+    proxy (absolute URLs in requests) it serves its routes for any host. A path in ``stalled`` gets its
     status line and headers, then nothing until the server closes, as a server that hangs mid-transfer.
-    Use as a context manager.
+    ``fail_after`` starts an outage after a number of requests, ``recover`` ends it. Use as a context manager.
     """
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[bytes, str]] = {}
         self.stalled: set[str] = set()
         self.requests: list[str] = []
+        self.times: list[float] = []
+        self.cookies: list[str] = []
+        self._outage: tuple[int, Outage] | None = None  # (requests served normally before it, the outage)
+        self._log_lock = threading.Lock()
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -41,8 +63,15 @@ class LoopbackServer:
                 self._respond(with_body=False)
 
             def _respond(self, with_body: bool) -> None:
-                path = self.path.split("?")[0]
-                server.requests.append(path)
+                path = urlsplit(self.path).path
+                with server._log_lock:
+                    server.times.append(time.monotonic())
+                    server.cookies.append(self.headers.get("Cookie", ""))
+                    server.requests.append(path)
+                outage = server._outage
+                if outage is not None and len(server.requests) > outage[0]:
+                    self._answer_outage(outage[1], with_body)
+                    return
                 if path not in server.routes:
                     self.send_error(404)
                     return
@@ -58,6 +87,15 @@ class LoopbackServer:
                 if with_body:
                     self.wfile.write(body)
 
+            def _answer_outage(self, outage: Outage, with_body: bool) -> None:
+                self.send_response(outage.status)
+                for name, value in (("Content-Type", "text/html; charset=utf-8"), *outage.headers):
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(outage.body)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(outage.body)
+
             def log_message(self, format: str, *args: object) -> None:  # quiet: the log is `requests`
                 pass
 
@@ -71,6 +109,13 @@ class LoopbackServer:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self._server.server_port}{path}"
+
+    def fail_after(self, requests: int, outage: Outage) -> None:
+        """Serve the next ``requests`` requests normally, then answer every one with ``outage``."""
+        self._outage = (len(self.requests) + requests, outage)
+
+    def recover(self) -> None:
+        self._outage = None
 
     def add(self, path: str, body: bytes | Path, content_type: str) -> str:
         """Serve ``body`` (bytes or a file's contents) at ``path``; return its URL."""
