@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU wheel; a CUDA build of torch is gigabytes and CI has no GPU.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[cpu,train,crawl,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,train,crawl,cluster,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.video_masks import SegmentVideosConfig
 from wsvs.runtime.videoseg import VideoSegConfig
 from wsvs.training.eval_video import evaluate_videos
@@ -39,7 +40,7 @@ def run_ablation(world: Path, model: Path, out: Path, workers: int = 2) -> dict[
     reports = {}
     for name, config in VARIANTS.items():
         pred = out / "".join(c if c.isalnum() else "_" for c in name)
-        segment_videos(world / "web", pred, config, model_dir=model, workers=workers)
+        segment_videos(world / "web", pred, config, model_dir=model, executor=ExecutorConfig(workers=workers))
         reports[name] = evaluate_videos(pred, world / "davis")
     return reports
 

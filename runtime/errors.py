@@ -14,6 +14,9 @@ class InputError(Exception):
         self.problem = " ".join(str(problem).split())  # keep it on one line
         super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)
 
+    def __reduce__(self) -> tuple[type, tuple[Path | None, str]]:  # raised in a worker process, re-raised here
+        return InputError, (self.path, self.problem)
+
 
 class IncompleteError(Exception):
     """A long job stopped before its end (a site's rate limit, a spent budget, network errors); its finished work

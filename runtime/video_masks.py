@@ -14,14 +14,13 @@ it. Unreadable videos are reported, listed in ``<out>/failures.json`` and skippe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-import multiprocessing
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import InputError
+from .executor import ExecutorConfig, map_unordered
 from .io import VIDEO_SUFFIXES, read_json, write_binary_png, write_json
 from .video_reader import VideoReader, frame_files
 from .videoseg import VideoSegConfig, segment_frames
@@ -313,23 +313,25 @@ def segment_sources(
     out_dir: Path,
     config: SegmentVideosConfig,
     settings: dict[str, Any],
-    model: FrameModel | None = None,
     load_model: Callable[[], FrameModel] | None = None,
-    workers: int = 1,
+    executor: ExecutorConfig | None = None,
 ) -> dict[str, Any]:
     """Segment ``sources`` into ``out_dir``, skipping the videos a previous run finished there.
 
     ``settings``: what makes the masks (model, configuration), kept in ``run.json``: a folder holding results
-    of other settings is refused. ``model``: the frame model, in this process (``workers`` <= 1);
-    ``load_model``: builds it once in each worker process (``workers`` > 1; picklable). Without either, no
-    attention. Returns a summary: counts and failures.
+    of other settings is refused. ``load_model``: builds the frame model once in each worker process
+    (picklable); None: no attention. ``executor``: where the videos are segmented (default: here, one at a
+    time). Returns a summary: counts and failures.
     """
     _claim_output(out_dir, settings)
     todo = [source for source in sources if not (out_dir / f"{source.video_id}.json").is_file()]
     failures: dict[str, dict[str, str]] = {}
     records: list[dict[str, Any]] = []
+    work = functools.partial(_segment_or_fail, out_dir=out_dir, config=config)
+    setup = functools.partial(_load_or_none, load_model)
+    results = map_unordered(work, todo, executor or ExecutorConfig(), setup)
     with tqdm(total=len(todo), unit="video", desc="segment-videos", disable=not todo) as progress:
-        for source, record, reason in _results(todo, out_dir, config, model, load_model, workers):
+        for source, record, reason in results:
             progress.update()
             if record is not None:
                 records.append(record)
@@ -357,30 +359,13 @@ def _claim_output(out_dir: Path, settings: dict[str, Any]) -> None:
     write_json(settings_path, settings)
 
 
-_Result = tuple[VideoSource, dict[str, Any] | None, str | None]
-
-
-def _results(todo: list[VideoSource], out_dir: Path, config: SegmentVideosConfig, model: FrameModel | None,
-             load_model: Callable[[], FrameModel] | None, workers: int) -> Iterator[_Result]:
-    """The outcome of each video, in this process or in ``workers`` spawned processes (in completion order)."""
-    if workers <= 1:
-        for source in todo:
-            yield _segment_or_fail(source, out_dir, config, model)
-        return
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(load_model,),
-    ) as pool:
-        futures = [pool.submit(_segment_in_worker, source, out_dir, config) for source in todo]
-        for future in as_completed(futures):
-            yield future.result()
+def _load_or_none(load_model: Callable[[], FrameModel] | None) -> FrameModel | None:
+    return None if load_model is None else load_model()
 
 
 def _segment_or_fail(
-    source: VideoSource, out_dir: Path, config: SegmentVideosConfig, model: FrameModel | None
-) -> _Result:
+    model: FrameModel | None, source: VideoSource, out_dir: Path, config: SegmentVideosConfig
+) -> tuple[VideoSource, dict[str, Any] | None, str | None]:
     """(source, record, None) on success; (source, None, one-line reason) for an unusable video."""
     try:
         return source, segment_video(source, out_dir, config, model), None
@@ -388,16 +373,3 @@ def _segment_or_fail(
         shutil.rmtree(out_dir / source.video_id, ignore_errors=True)  # no half-masked video left behind
         reason = exc.problem if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
         return source, None, " ".join(reason.split())
-
-
-_worker_model: FrameModel | None = None  # each worker process builds the model once
-
-
-def _init_worker(load_model: Callable[[], FrameModel] | None) -> None:
-    global _worker_model
-    if load_model is not None:
-        _worker_model = load_model()
-
-
-def _segment_in_worker(source: VideoSource, out_dir: Path, config: SegmentVideosConfig) -> _Result:
-    return _segment_or_fail(source, out_dir, config, _worker_model)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import pytest
 from wsvs.runtime.errors import IncompleteError, InputError
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows, window_times
 from wsvs.training import crawl as crawl_module
-from wsvs.training.crawl import CrawlConfig, crawl, find_js_runtime, read_manifest
+from wsvs.training.crawl import CrawlConfig, crawl, find_js_runtime, load_scorer, read_manifest
 from wsvs.training.demo_world.loopback_site import BOT_CHECK_PAGE, LoopbackServer, Outage, serve_world_videos
 
 CLIPS = ("realshort", "bikes", "cockatoo", "carphone_pristine", "bigbuckbunny")
@@ -30,6 +33,11 @@ def brightness_scorer(images: np.ndarray) -> np.ndarray:
     """A stand-in encoder: every class's probability is 1.5 x the mean brightness (clipped to 1)."""
     p = np.clip(1.5 * images.reshape(len(images), -1).mean(1) / 255.0, 0.0, 1.0)
     return np.repeat(p[:, None], len(CLASSES), axis=1).astype(np.float32)
+
+
+def load_brightness_scorer() -> Callable[[np.ndarray], np.ndarray]:
+    """What each worker process of the crawl calls to build its scorer."""
+    return brightness_scorer
 
 
 def jpeg(value: int) -> bytes:
@@ -161,7 +169,7 @@ def test_crawl_end_to_end_filters_by_thumbnail_and_keyframes(shared_data: Path, 
     with LoopbackServer() as server:
         pages = serve_clips(server, videos, CLIPS)
         config = small_config(tmp_path / "out", write_pages(tmp_path / "pages.json", {"bird": pages}))
-        summary = crawl(config, brightness_scorer, CLASSES)
+        summary = crawl(config, load_brightness_scorer, CLASSES)
     # Misleading thumbnails: their videos are never fetched; every thumbnail is.
     for name in CLIPS:
         assert f"/t/{name}.jpg" in server.requests
@@ -230,7 +238,7 @@ def test_crawl_rejects_bad_videos_with_reasons_and_goes_on(shared_data: Path, tm
             pages.append(server.add_video_page(f"/p/{name}.html", name, f"/v/{name}.mp4", "/t/bright.jpg"))
         pages += [server.url("/p/missing.html"), *good]
         config = small_config(tmp_path / "out", write_pages(tmp_path / "pages.json", {"bird": pages}))
-        summary = crawl(config, brightness_scorer, CLASSES)
+        summary = crawl(config, load_brightness_scorer, CLASSES)
     records = read_manifest(config.out / "manifest.jsonl")
     reasons = {video_id: r.get("reason") for (_, video_id), r in records.items()}
     assert records["bird", "realshort"]["state"] == "done"
@@ -251,7 +259,7 @@ RATE_LIMIT = Outage(429, b"", (("Retry-After", "1"),))
 def crawl_incomplete(config: CrawlConfig) -> str:
     """Run a crawl that must stop early; its one-line message."""
     with pytest.raises(IncompleteError) as stopped:
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
     message = str(stopped.value)
     assert "\n" not in message
     return message
@@ -273,7 +281,7 @@ def test_a_rate_limit_and_a_bot_check_lose_nothing(shared_data: Path, tmp_path: 
 
     with LoopbackServer() as server:
         pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", CLIPS)})
-        whole = crawl(small_config(tmp_path / "whole", pages), brightness_scorer, CLASSES)
+        whole = crawl(small_config(tmp_path / "whole", pages), load_brightness_scorer, CLASSES)
         config = small_config(tmp_path / "blocked", pages, retries=1)
 
         # 429 after 8 requests (the listing takes 5): one retry after Retry-After's 1 s, then the crawl stops.
@@ -290,10 +298,11 @@ def test_a_rate_limit_and_a_bot_check_lose_nothing(shared_data: Path, tmp_path: 
 
         # A bot-check page in place of everything, through the command line: exit 3, one line, the resume command.
         server.fail_after(0, Outage(200, BOT_CHECK_PAGE))
-        monkeypatch.setattr(FrameAttention, "load", lambda path: SimpleNamespace(scores=brightness_scorer,
-                                                                                 class_names=CLASSES))
+        # One worker: the videos are processed in this process, which sees the stand-in model.
+        monkeypatch.setattr(FrameAttention, "load", lambda *args: SimpleNamespace(scores=brightness_scorer,
+                                                                                  class_names=CLASSES))
         settings = tmp_path / "crawl.yaml"
-        settings.write_text("threshold: 0.5\nmax_keyframes: 2\nwindow: 0.5\nworkers: 2\ntimeout_s: 1.0\n"
+        settings.write_text("threshold: 0.5\nmax_keyframes: 2\nwindow: 0.5\nworkers: 1\ntimeout_s: 1.0\n"
                             "retries: 0\nscore_max_side: 4096\nmin_sleep_download_s: 0\nmax_sleep_download_s: 0\n")
         argv = ["crawl", "--classes", "bird", "--model", "encoder", "--out", str(config.out), "--source", "pages",
                 "--pages", str(pages), "--sleep-requests", "0", "--config", str(settings)]
@@ -315,7 +324,7 @@ def test_a_rate_limit_and_a_bot_check_lose_nothing(shared_data: Path, tmp_path: 
 def test_server_errors_and_timeouts_leave_videos_undecided(shared_data: Path, tmp_path: Path) -> None:
     with LoopbackServer() as server:
         pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", CLIPS)})
-        whole = crawl(small_config(tmp_path / "whole", pages), brightness_scorer, CLASSES)
+        whole = crawl(small_config(tmp_path / "whole", pages), load_brightness_scorer, CLASSES)
         config = small_config(tmp_path / "flaky", pages)
 
         server.fail_after(8, Outage(503))
@@ -332,14 +341,14 @@ def test_server_errors_and_timeouts_leave_videos_undecided(shared_data: Path, tm
         assert read_manifest(config.out / "manifest.jsonl")["bird", "bikes"]["state"] == "thumbnail_passed"
 
         server.stalled.clear()
-        assert crawl(config, brightness_scorer, CLASSES) == whole
+        assert crawl(config, load_brightness_scorer, CLASSES) == whole
     assert manifest_without_times(config.out) == manifest_without_times(tmp_path / "whole")
 
 
 def test_request_budget_stops_cleanly_and_resumes_without_repeating(shared_data: Path, tmp_path: Path) -> None:
     with LoopbackServer() as server:
         pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", CLIPS)})
-        crawl(small_config(tmp_path / "whole", pages, workers=1), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "whole", pages, workers=1), load_brightness_scorer, CLASSES)
         requests_whole = len(server.requests)
         server.requests.clear()
         config = small_config(tmp_path / "budget", pages, workers=1, max_requests=8)
@@ -347,7 +356,7 @@ def test_request_budget_stops_cleanly_and_resumes_without_repeating(shared_data:
         assert "request budget (max_requests 8) is spent" in message
         spent = len(server.requests)
         assert 8 <= spent <= 8 + 1  # checked before each step; a download step is 2 requests (page, video)
-        crawl(small_config(tmp_path / "budget", pages, workers=1), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "budget", pages, workers=1), load_brightness_scorer, CLASSES)
     assert len(server.requests) == requests_whole  # the rerun fetched nothing the first run had
     assert manifest_without_times(config.out) == manifest_without_times(tmp_path / "whole")
 
@@ -361,18 +370,43 @@ def test_requests_are_paced_and_go_through_the_proxy_with_the_cookies(shared_dat
         pages = write_pages(tmp_path / "pages.json", {"bird": [f"http://videos.example/p/{n}.html" for n in CLIPS]})
         config = small_config(tmp_path / "out", pages, sleep_requests_s=0.25, min_sleep_download_s=2.0,
                               max_sleep_download_s=2.0, proxy=server.url(""), cookies=cookies)
-        summary = crawl(config, brightness_scorer, CLASSES)
+        summary = crawl(config, load_brightness_scorer, CLASSES)
     assert summary["bird"]["kept"] == 3 and len(server.requests) == 16
-    # Two workers, one pace: requests start at least 0.25 s apart (the server sees them a connection set-up later:
-    # 0.05 s of slack), video downloads 2 s (a download's media request waits for its page request's turn: two
-    # request turns of slack). Unpaced, the 16 requests span about 2 s and the 3 videos 0.5 s.
+    # Two worker processes, one pace: requests start at least 0.25 s apart (the server sees them a connection set-up
+    # later: 0.05 s of slack). Unpaced, the 16 requests span about 2 s. (The spacing of downloads is checked at the
+    # gate, below: the server sees a download a worker process's first yt-dlp extraction after its turn, ~0.4 s.)
     assert server.times[-1] - server.times[0] >= 0.25 * 15 - 0.05
-    videos = [t for t, path in zip(server.times, server.requests, strict=True) if path.startswith("/v/")]
-    assert len(videos) == 3 and videos[-1] - videos[0] >= 2.0 * 2 - 2 * 0.25
+    videos = [path for path in server.requests if path.startswith("/v/")]
+    assert len(videos) == 3
     assert server.cookies == ["session=abc123"] * 16  # yt-dlp's requests and the thumbnails'
     cookies.write_text("not a cookies file\n")
     with pytest.raises(InputError, match=r"cookies\.txt: not a readable Netscape cookies file"):
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
+
+
+def take_turns(config: CrawlConfig, run_id: str, turns: int) -> list[float]:
+    """In a worker process: wait for ``turns`` download turns, each followed by a request turn; when each began."""
+    network = crawl_module._Network(config, None, run_id)
+    began = []
+    for _ in range(turns):
+        network.wait_download_turn()
+        began.append(time.time())
+        network._wait_turn()
+    return began
+
+
+def test_worker_processes_share_the_machines_pace_and_budget(tmp_path: Path) -> None:
+    """Three processes of one run take download turns 0.5 s apart all together, and count their requests together;
+    another run starts afresh."""
+    config = small_config(tmp_path / "out", tmp_path / "pages.json", min_sleep_download_s=0.5,
+                          max_sleep_download_s=0.5)
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        began = sorted(t for turns in pool.map(take_turns, [config] * 3, ["run"] * 3, [2] * 3) for t in turns)
+    # The first turn is taken at once; each next one is reserved 0.5 s after the one before (a process's wake-up
+    # after its reservation: 0.02 s of slack). Paced in each process alone, the six would span about 0.5 s.
+    assert began[-1] - began[0] >= 0.5 * 5 - 0.02
+    assert crawl_module._Network(config, None, "run").requests() == 6
+    assert crawl_module._Network(config, None, "next run").requests() == 0
 
 
 @pytest.mark.parametrize(("message", "kind"), [
@@ -388,14 +422,14 @@ def test_requests_are_paced_and_go_through_the_proxy_with_the_cookies(shared_dat
 ])
 def test_yt_dlp_messages_are_classified(tmp_path: Path, message: str, kind: type) -> None:
     """yt-dlp reports some failures only as text (its downloader keeps no exception once it gives up)."""
-    network = crawl_module._Network(small_config(tmp_path, tmp_path / "pages.json"), None)
+    network = crawl_module._Network(small_config(tmp_path, tmp_path / "pages.json"), None, "run")
     failure = crawl_module._ytdlp_failure("download", Exception(message.removeprefix("download: ")), network)
     assert type(failure) is kind and str(failure) == message
 
 
 def test_youtube_needs_a_recent_deno(tmp_path: Path) -> None:
     deno = find_js_runtime(None)  # the `deno` package of the crawl extra
-    network = crawl_module._Network(CrawlConfig(out=tmp_path), deno)
+    network = crawl_module._Network(CrawlConfig(out=tmp_path), deno, "run")
     with network.ytdlp(crawl_module._YtdlpLog()) as ydl:
         runtime = ydl._js_runtimes["deno"].info  # what yt-dlp's YouTube extractor runs its challenges with
     assert runtime.path == str(deno) and runtime.supported and runtime.version_tuple >= (2, 3)
@@ -406,7 +440,7 @@ def test_youtube_needs_a_recent_deno(tmp_path: Path) -> None:
         find_js_runtime(old)
     config = CrawlConfig(classes=("bird",), out=tmp_path / "out", js_runtime=tmp_path / "missing")
     with pytest.raises(InputError, match=r"missing: not a working Deno executable; install the crawl extra"):
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
     assert not (tmp_path / "out").exists()  # checked before anything is written or requested
 
 
@@ -422,7 +456,7 @@ def test_youtube_search_offline_fails_fast_with_one_line(tmp_path: Path, monkeyp
     config = CrawlConfig(classes=("bird",), out=tmp_path / "out", source="youtube", max_videos=5)
     start = time.monotonic()
     with pytest.raises(InputError) as error:
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert "\n" not in message and message.startswith("YouTube search for 'bird' failed")
@@ -431,12 +465,12 @@ def test_youtube_search_offline_fails_fast_with_one_line(tmp_path: Path, monkeyp
 def test_crawl_checks_its_input(tmp_path: Path) -> None:
     pages = write_pages(tmp_path / "pages.json", {"bird": []})
     with pytest.raises(InputError, match="no class cow"):
-        crawl(small_config(tmp_path / "out", pages, classes=("cow",)), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "out", pages, classes=("cow",)), load_brightness_scorer, CLASSES)
     with pytest.raises(InputError, match=r"pages.json: no pages for class\(es\) plant"):
-        crawl(small_config(tmp_path / "out", pages, classes=("plant",)), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "out", pages, classes=("plant",)), load_brightness_scorer, CLASSES)
     (tmp_path / "bad.json").write_text('["http://127.0.0.1/"]')
     with pytest.raises(InputError, match=r"bad\.json: must be a JSON object"):
-        crawl(small_config(tmp_path / "out", tmp_path / "bad.json"), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "out", tmp_path / "bad.json"), load_brightness_scorer, CLASSES)
 
 
 def test_command_line_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:
@@ -454,7 +488,7 @@ def test_killed_crawl_resumes_to_the_same_result(shared_data: Path, tmp_path: Pa
     names = ("realshort", "bikes", "carphone_pristine", "cockatoo")
     with LoopbackServer() as server:
         pages = write_pages(tmp_path / "pages.json", {"bird": serve_clips(server, shared_data / "videos", names)})
-        crawl(small_config(tmp_path / "whole", pages, workers=1), brightness_scorer, CLASSES)
+        crawl(small_config(tmp_path / "whole", pages, workers=1), load_brightness_scorer, CLASSES)
         server.requests.clear()
 
         # Die while cutting the second clip (the first of bikes, after realshort is done).
@@ -469,14 +503,14 @@ def test_killed_crawl_resumes_to_the_same_result(shared_data: Path, tmp_path: Pa
         monkeypatch.setattr(crawl_module, "cut_clip", dying_cut)
         config = small_config(tmp_path / "killed", pages, workers=1)
         with pytest.raises(KeyboardInterrupt):
-            crawl(config, brightness_scorer, CLASSES)
+            crawl(config, load_brightness_scorer, CLASSES)
         monkeypatch.setattr(crawl_module, "cut_clip", cut_clip)
         assert read_manifest(config.out / "manifest.jsonl")["bird", "bikes"]["state"] == "keyframes_selected"
         # What a hard kill leaves: a torn manifest line and a temporary file of an atomic write.
         with open(config.out / "manifest.jsonl", "a") as f:
             f.write('{"class": "bird", "id": "cock')
         (config.out / "clips" / "bird" / ".bikes_0.mp4.abc123.mp4").write_bytes(b"half")
-        crawl(config, brightness_scorer, CLASSES)
+        crawl(config, load_brightness_scorer, CLASSES)
     # No video was fetched twice: realshort and bikes were downloaded before the kill only.
     for name in names:
         assert server.requests.count(f"/v/{name}.mp4") == (0 if name == "carphone_pristine" else 1)
@@ -509,7 +543,7 @@ def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
         config = CrawlConfig(classes=tuple(listing), out=tmp_path / "out", source="pages",
                              pages=write_pages(tmp_path / "pages.json", pages), window=1.0, timeout_s=5.0,
                              sleep_requests_s=0.0, min_sleep_download_s=0.0, max_sleep_download_s=0.0)
-        summary = crawl(config, attention.scores, attention.class_names)
+        summary = crawl(config, functools.partial(load_scorer, encoder, 1), attention.class_names)
     records = read_manifest(config.out / "manifest.jsonl")
     relevant = [(c, v["id"]) for c, videos in listing.items() for v in videos if v["relevant"]]
     misleading = [(c, v["id"]) for c, videos in listing.items() for v in videos if not v["relevant"]]

@@ -12,6 +12,7 @@ from torch import nn
 
 from wsvs.runtime.cli import main
 from wsvs.runtime.contract import ArchConfig, ModelMetadata, labels_from_foreground
+from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.io import read_label_png, voc_palette, write_binary_png
 from wsvs.training.checkpoint import load_checkpoint
 from wsvs.training.fit import calibrate_threshold
@@ -103,6 +104,13 @@ def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir:
     again, _ = video_pairs(encoder_dir, videos, masks_dir, cache, config)
     assert (cache / f"{video_id}.npz").read_bytes() == cached
     np.testing.assert_array_equal(again.attention[2], pairs.attention[2])
+    # Computed in a worker process (the executor's local pool) instead: the same attention, up to one float16
+    # step (the float32 sums of another process's kernels round a few pixels across a float16 boundary).
+    in_worker, _ = video_pairs(encoder_dir, videos, masks_dir, tmp_path / "cache2", config, ExecutorConfig(workers=2))
+    assert len(in_worker.attention) == len(pairs.attention)
+    for got, expected in zip(in_worker.attention, pairs.attention, strict=True):
+        step = np.spacing(np.maximum(got, expected))
+        assert np.all(np.abs(got.astype(np.float32) - expected.astype(np.float32)) <= step)
 
 
 def _disc_pairs(count: int, size: int = 32) -> Pairs:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -240,6 +242,29 @@ def test_two_workers_give_byte_identical_results(mp4_videos: Path, tmp_path: Pat
         for record in records:
             record.pop("timings_s")
         assert records[0] == records[1]
+
+
+def test_without_torch_and_ray_runs_locally_and_the_ray_executor_says_what_to_install(mp4_videos: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The runtime's install (no torch, no cluster extra): --attention none runs; --executor ray fails in one line."""
+    local = ["segment-videos", "--videos", str(mp4_videos), "--out", str(tmp_path / "local"), "--attention", "none"]
+    on_ray = [*local[:3], "--out", str(tmp_path / "ray"), "--attention", "none", "--executor", "ray"]
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['ray'] = None\n"
+            "from wsvs.runtime.cli import main\n"
+            f"assert main({local!r}) == 0\n"
+            "assert not [k for k, v in sys.modules.items() if v is not None and k.split('.')[0] in ('torch', 'ray')]\n"
+            f"sys.exit(main({on_ray!r}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert (tmp_path / "local" / "cows.json").is_file()
+    last = result.stderr.splitlines()[-1]
+    assert last == "wsvs segment-videos: error: the ray executor needs Ray: install wsvs[cluster]"
+
+
+def test_an_address_without_the_ray_executor_is_refused(mp4_videos: Path, tmp_path: Path, capsys) -> None:
+    assert segment(mp4_videos, tmp_path / "out", "--address", "127.0.0.1:6379") == 2
+    assert capsys.readouterr().err == "wsvs segment-videos: error: --address is the Ray cluster's: add --executor ray\n"
+    assert not (tmp_path / "out").exists()
 
 
 # -- the paper's path: encoder relevance scores and CAM attention ----------------------------------------------

@@ -9,18 +9,25 @@ above the threshold and cut the frames within +-window s of each into H.264 clip
 Every step of every video is recorded in ``<out>/manifest.jsonl``; a rerun after a kill continues where
 each video stopped. Search results are kept in ``<out>/listings/<class>.json``; downloads go to
 ``<out>/downloads/<class>/.partial/`` and are renamed when complete, then deleted once the clips are cut.
+Videos are processed through ``wsvs.runtime.executor``: in this process, in local worker processes, or as Ray
+tasks on a cluster whose workers share ``<out>``; each worker process loads the scorer once.
 
 Only the paper's criteria (thumbnail and key-frame scores, duration, size, unreadable media) reject a video.
 A network failure (a server error, a timeout) leaves it undecided, retried by the next run; a block (HTTP 429, a
 "confirm you're not a bot" page) or a spent request budget stops the crawl after backing off, and the run ends
 with ``IncompleteError`` (``wsvs crawl`` exits 3): rerun the same command to resume. Every request goes through
-one gate that spaces them (``sleep_requests_s``) and counts them against ``max_requests``.
+one gate that spaces them (``sleep_requests_s``) and counts them against ``max_requests``. A site limits an IP
+address, so the gate is the machine's: its state is a file that every worker process of the crawl on this machine
+locks in turn (on a Ray cluster, each node paces its own address).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
+import fcntl
+import functools
 import hashlib
 import http.client
 import http.cookiejar
@@ -33,10 +40,11 @@ import random
 import re
 import shutil
 import subprocess
-import threading
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsvs.runtime.errors import IncompleteError, InputError
+from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args, map_unordered
 from wsvs.runtime.io import atomic_path, read_json, write_json
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows
 
@@ -80,7 +89,7 @@ class CrawlConfig:
     max_keyframes: int = 15  # key-frames kept per video (paper: 15)
     threshold: float = 0.8  # class probability a thumbnail / key-frame must exceed (paper: 0.8)
     window: float = 2.0  # seconds kept on each side of a kept key-frame (paper: 2)
-    workers: int = 4  # videos processed at once (network-bound)
+    workers: int = 4  # videos processed at once (network-bound): local processes or Ray tasks in flight
     score_max_side: int = 480  # images are shrunk to this longer side before scoring (speed)
     max_height: int = 480  # download the best format no taller than this
     max_filesize_mb: float = 200.0
@@ -90,10 +99,10 @@ class CrawlConfig:
     retries: int = 3  # per request, after a wait: Retry-After when the site gives one, else exponential backoff
     max_wait_s: float = 300.0  # the longest wait before a retry (a longer Retry-After is cut to this)
     # Pacing, yt-dlp's maintainers' advice for YouTube (`yt-dlp -t sleep`): guests get about 300 videos an hour.
-    sleep_requests_s: float = 0.75  # between two requests of the crawl (all workers together)
-    min_sleep_download_s: float = 10.0  # between two video downloads (all workers together), random in [min, max]
+    sleep_requests_s: float = 0.75  # between two requests of the crawl (all workers of a machine together)
+    min_sleep_download_s: float = 10.0  # between two downloads (all workers of a machine together), in [min, max]
     max_sleep_download_s: float = 20.0
-    max_requests: int | None = None  # requests of one run; when spent the crawl stops (rerun to go on)
+    max_requests: int | None = None  # requests of one run (per machine); when spent the crawl stops (rerun to go on)
     cookies: Path | None = None  # Netscape cookies file for yt-dlp and thumbnails (an account risks a ban)
     proxy: str | None = None  # http://, https:// or socks5:// proxy for every request
     js_runtime: Path | None = None  # Deno for YouTube; default: the `deno` package's, else deno on PATH
@@ -141,12 +150,15 @@ class Manifest:
 
     Appends are single small writes followed by fsync, so a kill loses at most the line being
     written; opening drops such a torn line by rewriting the file atomically, as ``compact`` does.
+    A worker process opens it with the ``records`` of its video instead: it appends, never reads or rewrites.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, records: Sequence[dict[str, Any]] | None = None) -> None:
         self.path = path
-        self._lock = threading.Lock()
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        if records is not None:
+            self.records = {(record["class"], record["id"]): record for record in records}
+            return
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
@@ -162,19 +174,17 @@ class Manifest:
     def put(self, record: dict[str, Any]) -> dict[str, Any]:
         record = {**record, "updated": time.time()}
         line = json.dumps(record) + "\n"
-        with self._lock:
-            self.records[record["class"], record["id"]] = record
-            with open(self.path, "a") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+        self.records[record["class"], record["id"]] = record
+        with open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
         return record
 
     def compact(self) -> None:
         """Rewrite the file with one line per video, sorted by class and id."""
-        with self._lock:
-            with atomic_path(self.path) as tmp:
-                tmp.write_text("".join(json.dumps(self.records[key]) + "\n" for key in sorted(self.records)))
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(self.records[key]) + "\n" for key in sorted(self.records)))
 
 
 def read_manifest(path: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -252,23 +262,53 @@ def _failure(message: str, status: int | None = None, retry_after: float | None 
     return RejectionError(message)
 
 
-class _Network:
-    """Every request of the crawl, yt-dlp's included: at most one every ``sleep_requests_s`` and one video download
-    every ``min..max_sleep_download_s`` (all workers together, as one yt-dlp with the maintainers' pacing would
-    go), counted against ``max_requests``, through ``proxy``, with ``cookies``.
+class _Pace:
+    """The gate's state, shared by every worker process of one crawl run on this machine: when the next request
+    and the next video download may start, the requests made, and why the crawl stopped (None while it goes on).
 
-    ``stopped`` is set once the crawl stops: requests under way end, none is retried.
+    A site limits an IP address, that is a machine: the state is a small JSON file in this machine's temporary
+    folder, named after the crawl's output folder, read and written under an exclusive ``flock`` (which holds
+    between threads, local processes and Ray tasks alike, each opening the file itself). A record of another
+    run (another ``run_id``) is started afresh: the budget and a stop are one run's.
     """
 
-    def __init__(self, config: CrawlConfig, js_runtime: Path | None) -> None:
+    def __init__(self, out: Path, run_id: str) -> None:
+        key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
+        self.path = Path(tempfile.gettempdir()) / f"wsvs-crawl-{key}.json"
+        self.run_id = run_id
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """The state, for this process alone until the block ends; what the block changes in it is saved."""
+        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            try:
+                state = json.loads(f.read())
+            except json.JSONDecodeError:  # new, or torn by a kill
+                state = {}
+            if state.get("run") != self.run_id:
+                state = {"run": self.run_id, "next_request": 0.0, "next_download": 0.0, "requests": 0, "stop": None}
+            yield state
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(state))
+
+
+class _Network:
+    """Every request of the crawl, yt-dlp's included: at most one every ``sleep_requests_s`` and one video download
+    every ``min..max_sleep_download_s`` (all workers of this machine together, as one yt-dlp with the maintainers'
+    pacing would go), counted against ``max_requests``, through ``proxy``, with ``cookies``. Each worker process
+    has its own, all of one run share their state (``_Pace``): a turn is reserved under its lock and waited for
+    outside it.
+
+    Once the crawl stops (``stop``), no step starts and no request is retried.
+    """
+
+    def __init__(self, config: CrawlConfig, js_runtime: Path | None, run_id: str) -> None:
         import yt_dlp
 
         self.config = config
-        self.requests = 0
-        self.stopped = threading.Event()
-        self._lock = threading.Lock()
-        self._next = 0.0  # time.monotonic() before which no request starts
-        self._next_download = 0.0  # and no video download
+        self._pace = _Pace(config.out, run_id)
         self._cookies = _read_cookies(config.cookies) if config.cookies is not None else None
         self._options = {
             "quiet": True,
@@ -299,28 +339,48 @@ class _Network:
         return self._ytdlp_class({**self._options, **cookies, "logger": log, **options})
 
     def _wait_turn(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.config.sleep_requests_s
-            self.requests += 1
+        with self._pace.locked() as state:
+            now = time.time()  # the processes' common clock
+            start = max(now, state["next_request"])
+            state["next_request"] = start + self.config.sleep_requests_s
+            state["requests"] += 1
         time.sleep(start - now)
 
     def wait_download_turn(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next_download)
-            self._next_download = start + random.uniform(self.config.min_sleep_download_s,
-                                                         self.config.max_sleep_download_s)
+        with self._pace.locked() as state:
+            now = time.time()
+            start = max(now, state["next_download"])
+            state["next_download"] = start + random.uniform(self.config.min_sleep_download_s,
+                                                            self.config.max_sleep_download_s)
         time.sleep(start - now)
 
     def hold(self, seconds: float) -> None:
         """Start no request in the next ``seconds`` (a site that asks to wait asks every worker)."""
-        with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
+        with self._pace.locked() as state:
+            state["next_request"] = max(state["next_request"], time.time() + seconds)
 
-    def check_budget(self) -> None:
-        if self.config.max_requests is not None and self.requests >= self.config.max_requests:
+    def requests(self) -> int:
+        """Requests of this run on this machine."""
+        with self._pace.locked() as state:
+            return state["requests"]
+
+    def stop(self, cause: str) -> str:
+        """Stop the crawl on this machine; the cause kept (the first one given)."""
+        with self._pace.locked() as state:
+            state["stop"] = state["stop"] or cause
+            return state["stop"]
+
+    def stopped(self) -> bool:
+        with self._pace.locked() as state:
+            return state["stop"] is not None
+
+    def check_go_on(self) -> None:
+        """Raise CrawlStopError when the crawl has stopped or the request budget is spent."""
+        with self._pace.locked() as state:
+            stop, requests = state["stop"], state["requests"]
+        if stop is not None:
+            raise CrawlStopError(stop)
+        if self.config.max_requests is not None and requests >= self.config.max_requests:
             raise CrawlStopError(f"the request budget (max_requests {self.config.max_requests}) is spent")
 
     def shows_bot_check(self, url: str) -> bool:
@@ -353,7 +413,7 @@ def _retrying(request: Callable[[], T], network: _Network) -> T:
         try:
             return request()
         except (TransientError, BlockedError) as exc:
-            if attempt >= network.config.retries or network.stopped.is_set():
+            if attempt >= network.config.retries or network.stopped():
                 raise
             wait = _backoff(attempt) if exc.retry_after is None else exc.retry_after
             network.hold(min(wait, network.config.max_wait_s))
@@ -544,13 +604,12 @@ def download_video(page: str, video_id: str, folder: Path, network: _Network) ->
 
 
 class _ClassScorer:
-    """One class's probability for images, shrunk for speed; one call at a time (the model is shared)."""
+    """One class's probability for images, shrunk for speed."""
 
     def __init__(self, scorer: Scorer, class_names: Sequence[str], max_side: int) -> None:
         self._scorer = scorer
         self._index = {name: i for i, name in enumerate(class_names)}
         self._max_side = max_side
-        self._lock = threading.Lock()
 
     def __call__(self, images: list[np.ndarray], class_name: str) -> list[float]:
         height, width = images[0].shape[:2]
@@ -558,8 +617,7 @@ class _ClassScorer:
         if scale < 1:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             images = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
-        with self._lock:
-            probabilities = self._scorer(np.stack(images))
+        probabilities = self._scorer(np.stack(images))
         return [float(p) for p in probabilities[:, self._index[class_name]]]
 
 
@@ -593,14 +651,14 @@ def _process_video(
                 raise RejectionError(f"longer than {config.max_duration_s} s")
             if not entry["thumbnail"]:
                 raise RejectionError("no thumbnail")
-            network.check_budget()
+            network.check_go_on()
             thumbnail_score = score([fetch_image(entry["thumbnail"], network)], class_name)[0]
             record = {**record, "thumbnail_score": thumbnail_score}
             if thumbnail_score <= config.threshold:
                 raise RejectionError(f"thumbnail score {thumbnail_score:.3f} <= {config.threshold}")
             record = manifest.put({**record, "state": "thumbnail_passed"})
         if record["state"] == "thumbnail_passed":
-            network.check_budget()
+            network.check_go_on()
             video = download_video(entry["page"], entry["id"], downloads, network)
             record = manifest.put({**record, "state": "downloaded", "video": video.name})
         video = downloads / record.get("video", "")
@@ -625,6 +683,44 @@ def _process_video(
     except TransientError as exc:
         return f"{entry['id']}: {_one_line(exc)}"
     return None
+
+
+def _stop_cause(class_name: str, exc: CrawlStopError) -> str:
+    cause = "blocked by the site (wait until it lifts, or use --proxy): " if isinstance(exc, BlockedError) else ""
+    return f"stopped at class {class_name!r}: {cause}{_one_line(exc)}"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a worker tells the crawl of one video, beyond the manifest lines it appended."""
+
+    record: dict[str, Any] | None  # the video's last record (None: stopped before its first step)
+    failure: str | None = None  # a transient network failure, "<video id>: <reason>": the video waits for a rerun
+    stop: str | None = None  # why the crawl stops (blocked, budget spent)
+
+
+def _worker(load_scorer: Callable[[], Scorer], class_names: Sequence[str], config: CrawlConfig,
+            run_id: str) -> tuple[_ClassScorer, _Network]:
+    """A worker process's scorer and its gate to the network (sharing this machine's pace of the run)."""
+    network = _Network(config, _js_runtime(config), run_id)
+    return _ClassScorer(load_scorer(), class_names, config.score_max_side), network
+
+
+def _crawl_video(worker: tuple[_ClassScorer, _Network], item: tuple[str, dict[str, Any], dict[str, Any] | None],
+                 config: CrawlConfig) -> _Outcome:
+    """One video in a worker: from the record the crawl started it with, appending its steps to the manifest."""
+    score, network = worker
+    class_name, entry, record = item
+    manifest = Manifest(config.out / "manifest.jsonl", [] if record is None else [record])
+    try:
+        failure = _process_video(class_name, entry, manifest, score, config, network)
+    except CrawlStopError as exc:  # every worker on this machine stops at its next step; the crawl cancels the rest
+        return _Outcome(manifest.get(class_name, entry["id"]), stop=network.stop(_stop_cause(class_name, exc)))
+    return _Outcome(manifest.get(class_name, entry["id"]), failure)
+
+
+def _js_runtime(config: CrawlConfig) -> Path | None:
+    return find_js_runtime(config.js_runtime) if config.source == "youtube" else None
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -671,12 +767,15 @@ def _read_pages(path: Path, classes: Sequence[str]) -> dict[str, list[str]]:
     return pages
 
 
-def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def crawl(config: CrawlConfig, load_scorer: Callable[[], Scorer], class_names: Sequence[str],
+          executor: ExecutorConfig | None = None) -> dict[str, dict[str, Any]]:
     """Run (or resume) the crawl of ``config.classes`` into ``config.out``; return the per-class summary.
 
-    ``scorer`` maps (N, H, W, 3) uint8 RGB images to (N, len(class_names)) class probabilities. A crawl that
-    stops early (blocked, budget spent) or leaves videos undecided (network errors) saves its work and the summary,
-    then raises IncompleteError: run it again to resume.
+    ``load_scorer`` (picklable) builds, once in each worker process, the scorer: it maps (N, H, W, 3) uint8 RGB
+    images to (N, len(class_names)) class probabilities. ``executor``: where videos are processed (default:
+    ``config.workers`` local processes; one: this process). A crawl that stops early (blocked, budget spent) or
+    leaves videos undecided (network errors) saves its work and the summary, then raises IncompleteError: run it
+    again to resume.
     """
     if config.source not in SOURCES:
         raise InputError(None, f"unknown source {config.source!r} (choose from {', '.join(SOURCES)})")
@@ -691,38 +790,41 @@ def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> di
     if config.max_sleep_download_s < config.min_sleep_download_s:
         raise InputError(None, "max_sleep_download_s must be at least min_sleep_download_s")
     pages = _read_pages(config.pages, config.classes) if config.source == "pages" else {}
-    network = _Network(config, find_js_runtime(config.js_runtime) if config.source == "youtube" else None)
+    run_id = uuid.uuid4().hex
+    network = _Network(config, _js_runtime(config), run_id)
     config.out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(config.out)
     manifest = Manifest(config.out / "manifest.jsonl")
-    score = _ClassScorer(scorer, class_names, config.score_max_side)
     listed: dict[str, int] = {}
     failures: list[str] = []  # transient failures of this run, "<video id>: <reason>"
     stop = None
-    pool = ThreadPoolExecutor(max(1, config.workers))
+    todo = []  # every class's videos in one batch: the workers load the scorer once, with no wait between classes
     try:
-        for class_name in config.classes:
-            network.check_budget()
-            videos = list_videos(class_name, config, pages.get(class_name, []), pool, network)
-            listed[class_name] = len(videos)
-            todo = [v for v in videos if (manifest.get(class_name, v["id"]) or {}).get("state")
-                    not in ("done", "rejected")]
-            jobs = [pool.submit(_process_video, class_name, v, manifest, score, config, network) for v in todo]
-            # tqdm's remaining time is the class's ETA, paced requests included.
-            with tqdm(as_completed(jobs), total=len(jobs), desc=f"crawl {class_name}", unit="video") as progress:
-                for job in progress:
-                    if failure := job.result():
-                        failures.append(failure)
-                    progress.set_postfix(requests=network.requests, refresh=False)
-    except CrawlStopError as exc:
-        # A block is on the address, not the class: the classes after it would meet it too.
-        network.stopped.set()
-        cause = "blocked by the site (wait until it lifts, or use --proxy): " if isinstance(exc, BlockedError) else ""
-        stop = f"stopped at class {class_name!r}: {cause}{_one_line(exc)}"
-    finally:
-        # On a stop, an error or Ctrl-C stop at once: queued videos are resumed by the next run.
-        pool.shutdown(wait=True, cancel_futures=True)
-    manifest.compact()
+        with ThreadPoolExecutor(max(1, config.workers)) as pool:  # resolves web pages
+            for class_name in config.classes:
+                network.check_go_on()
+                videos = list_videos(class_name, config, pages.get(class_name, []), pool, network)
+                listed[class_name] = len(videos)
+                todo += [(class_name, v, manifest.get(class_name, v["id"])) for v in videos
+                         if (manifest.get(class_name, v["id"]) or {}).get("state") not in ("done", "rejected")]
+    except CrawlStopError as exc:  # a block is on the address, not the class: the classes after it would meet it too
+        stop = network.stop(_stop_cause(class_name, exc))
+        todo = []
+    setup = functools.partial(_worker, load_scorer, class_names, config, run_id)
+    work = functools.partial(_crawl_video, config=config)
+    # Closing the results on a stop, an error or Ctrl-C cancels the videos not started: the next run's.
+    with (contextlib.closing(map_unordered(work, todo, executor or ExecutorConfig(workers=config.workers), setup))
+          as results, tqdm(results, total=len(todo), desc="crawl", unit="video") as progress):
+        for outcome in progress:  # tqdm's remaining time is the crawl's ETA, paced requests included
+            if outcome.record is not None:
+                manifest.put(outcome.record)  # the worker appended it too: a line lost on a shared filesystem is not
+            if outcome.failure:
+                failures.append(outcome.failure)
+            if outcome.stop:
+                stop = outcome.stop
+                break
+            progress.set_postfix(requests=network.requests(), refresh=False)
+    manifest = Manifest(config.out / "manifest.jsonl")  # with the steps of workers whose outcome was not awaited
     summary = summarise(manifest, listed, config.threshold)
     write_json(config.out / "summary.json", summary)
     unfinished = [c for c in config.classes if c not in summary or summary[c]["undecided"]]
@@ -732,6 +834,17 @@ def crawl(config: CrawlConfig, scorer: Scorer, class_names: Sequence[str]) -> di
                               f"{', '.join(unfinished)} unfinished" + (f" (last error: {failures[-1]})" if failures
                                                                         else ""))
     return summary
+
+
+def load_scorer(model: Path, threads: int | None, device: str = "cpu") -> Scorer:
+    """The encoder's class probabilities in a worker process, on ``device`` and ``threads`` CPU threads."""
+    import torch
+
+    from .cam import FrameAttention
+
+    if threads is not None:  # None: this process's own setting
+        torch.set_num_threads(threads)
+    return FrameAttention.load(model, device).scores
 
 
 def run(args: argparse.Namespace) -> int:
@@ -749,8 +862,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("model", "out"):
         if getattr(config, name) is None:
             raise InputError(args.config, f"--{name} is required (on the command line or in the config)")
-    attention = FrameAttention.load(config.model)
-    summary = crawl(config, attention.scores, attention.class_names)
+    class_names = FrameAttention.load(config.model).class_names
+    executor = executor_from_args(args, config.workers)
+    load = functools.partial(load_scorer, config.model, executor.threads_per_task(), executor.device())
+    summary = crawl(config, load, class_names, executor)
     columns = ("listed", "passed_thumbnail", "downloaded", "kept", "keyframes", "clips", "clip_frames")
     print(f"{'class':<16}" + "".join(f"{c:>18}" for c in columns))
     for class_name, row in summary.items():
@@ -767,10 +882,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threshold, score its key-frames (I-frames, decoded alone), keep the best --max-keyframes above the "
         "threshold and cut the frames within +-WINDOW s of each into H.264 clips "
         "<out>/clips/<class>/<video>_<k>.mp4, the input of segment-videos. Progress is kept in "
-        "<out>/manifest.jsonl: rerun the same command to resume after an interruption. Requests are paced; "
-        "network errors leave a video for the next run, and a rate limit or a bot check (YouTube gives a guest "
-        "about 300 videos an hour) stops the crawl after backing off: exit status 3 means incomplete, rerun the "
-        "same command to resume.",
+        "<out>/manifest.jsonl: rerun the same command to resume after an interruption. Videos are processed "
+        "by --workers local processes (or Ray tasks with --executor ray). Requests are paced, all the workers of a "
+        "machine together (a site limits an address); network errors leave a video for the next run, and a rate "
+        "limit or a bot check (YouTube gives a guest about 300 videos an hour) stops the crawl after backing off: "
+        "exit status 3 means incomplete, rerun the same command to resume.",
     )
     parser.add_argument("--classes", help="comma-separated class names, among the model's classes")
     parser.add_argument("--model", type=Path, help="encoder checkpoint folder (from train-encoder)")
@@ -782,10 +898,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, help="class probability to pass a thumbnail or key-frame "
                         "(default 0.8: precision over recall)")
     parser.add_argument("--window", type=float, help="seconds kept on each side of a key-frame (default 2)")
-    parser.add_argument("--workers", type=int, help="videos processed at once (default 4)")
-    parser.add_argument("--sleep-requests", type=float, help="seconds between two requests (default 0.75); "
-                        "the wait between two downloads is min/max_sleep_download_s in --config (default 10-20)")
-    parser.add_argument("--max-requests", type=int, help="request budget of this run: stop when spent (resumable)")
+    parser.add_argument("--workers", type=int, help="videos processed at once (default 4): local processes, each "
+                        "loading the model once, or Ray tasks in flight; all of them on one machine share its pace")
+    add_executor_arguments(parser)
+    parser.add_argument("--sleep-requests", type=float, help="seconds between two requests of all the machine's "
+                        "workers together (default 0.75); the wait between two downloads is min/max_sleep_download_s "
+                        "in --config (default 10-20)")
+    parser.add_argument("--max-requests", type=int, help="request budget of this run (per machine on a Ray "
+                        "cluster): stop when spent (resumable)")
     parser.add_argument("--cookies", type=Path, help="Netscape cookies file for yt-dlp and thumbnails "
                         "(an account's cookies risk a ban of the account)")
     parser.add_argument("--proxy", help="proxy URL for every request (http://, https://, socks5://)")

@@ -11,6 +11,7 @@ Without ``data`` the synthetic world is generated and its web videos are served 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args
 from wsvs.runtime.io import read_json, write_json
 from wsvs.runtime.video_masks import SegmentVideosConfig
 
@@ -54,7 +56,7 @@ class PipelineConfig:
     eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     segment_videos: SegmentVideosConfig = field(default_factory=SegmentVideosConfig)
-    video_workers: int = 2  # processes of segment_videos
+    video_workers: int = 2  # videos at once in segment_videos (and, on a Ray cluster, the decoder's attention cache)
     decoder: TrainDecoderConfig = field(default_factory=TrainDecoderConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -103,10 +105,11 @@ class PipelineRun:
     data_key: str  # what the image set's stages fingerprint: the world stage's key, or the given folder
     world: Path | None  # the generated world, whose web videos the crawl reads; None with given data
     shown: list[Path]  # val images whose overlays the report shows
+    executor: ExecutorConfig  # where the per-video stages run; each stage sets its own workers
     records: dict[str, dict] = field(default_factory=dict)
 
 
-def start_run(config: PipelineConfig, out: Path) -> PipelineRun:
+def start_run(config: PipelineConfig, out: Path, executor: ExecutorConfig) -> PipelineRun:
     """The image set: ``config.data``, or the synthetic world generated as the first stage."""
     from .demo_world import generate_world
     from .voc import VOCDataset
@@ -120,7 +123,7 @@ def start_run(config: PipelineConfig, out: Path) -> PipelineRun:
         world_path, data, data_key = None, config.data, str(config.data.resolve())
     val = VOCDataset(data, config.evaluate.split)
     shown = [data / "JPEGImages" / f"{image_id}.jpg" for image_id in val.ids[:OVERLAY_IMAGES]]
-    return PipelineRun(config, out, data, data_key, world_path, shown)
+    return PipelineRun(config, out, data, data_key, world_path, shown, executor)
 
 
 def encoder_stage(run: PipelineRun) -> dict:
@@ -156,22 +159,24 @@ def eval_cam_stage(run: PipelineRun) -> dict:
 def crawl_stage(run: PipelineRun) -> dict:
     """§4: the configured source, or the world's videos served as web pages on 127.0.0.1."""
     from .cam import FrameAttention
-    from .crawl import NETWORK_SETTINGS, crawl
+    from .crawl import NETWORK_SETTINGS, crawl, load_scorer
     from .demo_world.loopback_site import LoopbackServer, serve_world_videos
 
     def work(folder: Path) -> dict:
-        attention = FrameAttention.load(run.out / "encoder")
-        settings = replace(run.config.crawl, classes=run.config.crawl.classes or tuple(attention.class_names),
+        class_names = FrameAttention.load(run.out / "encoder").class_names
+        settings = replace(run.config.crawl, classes=run.config.crawl.classes or tuple(class_names),
                            model=run.out / "encoder", out=folder)
+        executor = replace(run.executor, workers=settings.workers)
+        load = functools.partial(load_scorer, settings.model, executor.threads_per_task(), executor.device())
         if run.world is None:
-            return {"summary": crawl(settings, attention.scores, attention.class_names)}
+            return {"summary": crawl(settings, load, class_names, executor)}
         with LoopbackServer() as server:
             pages = serve_world_videos(server, run.world / "web")
             write_json(folder / "pages.json", pages)
             # Our own server: no pacing.
             settings = replace(settings, source="pages", pages=folder / "pages.json", sleep_requests_s=0.0,
                                min_sleep_download_s=0.0, max_sleep_download_s=0.0)
-            return {"summary": crawl(settings, attention.scores, attention.class_names)}
+            return {"summary": crawl(settings, load, class_names, executor)}
 
     return run_stage(run.out, "crawl", {"encoder": run.records["encoder"]["key"], "world": run.data_key,
                                         "crawl": {k: v for k, v in dump_config(run.config.crawl).items()
@@ -187,7 +192,7 @@ def segment_videos_stage(run: PipelineRun) -> dict:
         run.out, "segment_videos", {"crawl": run.records["crawl"]["key"],
                                     "config": dump_config(config.segment_videos)},
         lambda folder: segment_videos(run.out / "crawl" / "clips", folder, config.segment_videos,
-                                      run.out / "encoder", config.video_workers))
+                                      run.out / "encoder", replace(run.executor, workers=config.video_workers)))
 
 
 def decoder_stage(run: PipelineRun) -> dict:
@@ -195,8 +200,11 @@ def decoder_stage(run: PipelineRun) -> dict:
     from .train_decoder import train_decoder
 
     def work(folder: Path) -> dict:
+        # On this machine torch already spreads a video's frames over the cores: one process; on a cluster, many.
+        workers = run.config.video_workers if run.executor.kind == "ray" else 1
+        executor = replace(run.executor, workers=workers)
         _, counts = train_decoder(run.out / "encoder", run.out / "crawl" / "clips", run.out / "segment_videos",
-                                  folder, run.config.decoder, resume=True)
+                                  folder, run.config.decoder, True, executor)
         return {"frames": counts}
 
     return run_stage(run.out, "decoder", {"masks": run.records["segment_videos"]["key"],
@@ -245,9 +253,10 @@ STAGES: tuple[tuple[str, Callable[[PipelineRun], dict]], ...] = (
     ("evaluate", evaluate_stage))
 
 
-def run_pipeline(config: PipelineConfig, out: Path) -> dict:
-    """Every stage in order; returns the report dict (also written to ``<out>/report.json``)."""
-    run = start_run(config, out)
+def run_pipeline(config: PipelineConfig, out: Path, executor: ExecutorConfig | None = None) -> dict:
+    """Every stage in order; returns the report dict (also written to ``<out>/report.json``). ``executor``:
+    where the per-video stages run (crawl, segment_videos, the decoder's attention cache); default local."""
+    run = start_run(config, out, executor or ExecutorConfig())
     for name, stage in STAGES:
         run.records[name] = stage(run)
     report = pipeline_report({name: record["result"] for name, record in run.records.items()})
@@ -346,13 +355,13 @@ def seeded(config: PipelineConfig, seed: int) -> PipelineConfig:
                    decoder=replace(config.decoder, seed=seed), adapt=replace(config.adapt, seed=seed))
 
 
-def run_seeds(config: PipelineConfig, seeds: list[int], out: Path) -> dict:
+def run_seeds(config: PipelineConfig, seeds: list[int], out: Path, executor: ExecutorConfig | None = None) -> dict:
     """The pipeline once per seed in ``<out>/seed-<s>/``, then Table 1 over the seeds: each row's mean, min and
     max and each seed's margins, in ``<out>/seeds.md`` and ``<out>/seeds.json``."""
     runs = {}
     for seed in seeds:
         print(f"=== seed {seed} ===", flush=True)
-        runs[seed] = run_pipeline(seeded(config, seed), out / f"seed-{seed}")
+        runs[seed] = run_pipeline(seeded(config, seed), out / f"seed-{seed}", executor)
     summary = seeds_summary(runs)
     write_json(out / "seeds.json", summary)
     (out / "seeds.md").write_text(seeds_markdown(summary))
@@ -404,12 +413,13 @@ def seeds_markdown(summary: dict) -> str:
 def run_train(args: argparse.Namespace) -> int:
     config_file = preset_path(args.preset) if args.preset else args.config
     config = load_config(PipelineConfig, config_file, data=args.data)
+    executor = executor_from_args(args, workers=1)  # each per-video stage sets its own workers
     if args.seeds:
-        summary = run_seeds(config, args.seeds, args.out)
+        summary = run_seeds(config, args.seeds, args.out, executor)
         print(seeds_markdown(summary))
         print(f"seeds table: {args.out / 'seeds.md'}  (json: {args.out / 'seeds.json'})")
         return 0
-    report = run_pipeline(config, args.out)
+    report = run_pipeline(config, args.out, executor)
     miou = report["miou"]
     print(f"mIoU: CAM baseline {100 * miou['cam_baseline']:.1f}, decoder {100 * miou['decoder']:.1f}, "
           f"+ adaptation {100 * miou['adapted']:.1f}")
@@ -445,4 +455,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             group.add_argument("--config", type=Path, help="pipeline YAML (see training/presets/)")
             group.add_argument("--preset", choices=PRESETS, help="a shipped preset")
             p.add_argument("--data", type=Path, default=None, help="VOC-layout image set (else the synthetic world)")
+        add_executor_arguments(p)
         p.set_defaults(func=run_train, preset=preset, config=None, data=None)

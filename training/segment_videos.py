@@ -1,9 +1,10 @@
 """`wsvs segment-videos`: object masks for weakly labelled videos (paper §3.2), with the encoder's attention.
 
-The torch-free part (videos, relevant intervals, the per-video driver, resume and worker processes) is
-``wsvs.runtime.video_masks`` beside the graph cut of ``wsvs.runtime.videoseg``; this module supplies what needs
-the encoder (class scores and multi-scale CAM attention per frame, ``wsvs.training.cam.FrameAttention``) and
-the command line. Outputs are described in ``wsvs.runtime.video_masks``.
+The torch-free part (videos, relevant intervals, the per-video driver and resume) is ``wsvs.runtime.video_masks``
+beside the graph cut of ``wsvs.runtime.videoseg``; it runs the videos through ``wsvs.runtime.executor`` (local
+processes or a Ray cluster). This module supplies what needs the encoder (class scores and multi-scale CAM
+attention per frame, ``wsvs.training.cam.FrameAttention``) and the command line. Outputs are described in
+``wsvs.runtime.video_masks``.
 """
 
 from __future__ import annotations
@@ -11,33 +12,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
+from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args
 from wsvs.runtime.video_masks import MANIFEST_NAME, SegmentVideosConfig, VideoSource, find_videos, segment_sources
 
 if TYPE_CHECKING:
     from wsvs.training.cam import FrameAttention
 
 
-def load_attention(model_dir: Path, config: SegmentVideosConfig) -> FrameAttention:
+def load_attention(model_dir: Path, config: SegmentVideosConfig, device: str = "cpu") -> FrameAttention:
     from wsvs.training.cam import FrameAttention
 
-    model = FrameAttention.load(model_dir)
+    model = FrameAttention.load(model_dir, device)
     if config.attention_scales is not None:
         model.meta = dataclasses.replace(model.meta, scales=tuple(config.attention_scales))
     return model
 
 
-def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int) -> FrameAttention:
-    """The attention model of a worker process, which shares the cores with the other workers."""
+def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int | None, device: str) -> FrameAttention:
+    """The attention model of a worker process, on ``device`` and ``threads`` CPU threads."""
     import torch
 
-    torch.set_num_threads(threads)
-    return load_attention(model_dir, config)
+    if threads is not None:  # None: this process's own setting
+        torch.set_num_threads(threads)
+    return load_attention(model_dir, config, device)
 
 
 def _check_classes(sources: list[VideoSource], class_names: list[str]) -> None:
@@ -52,23 +54,24 @@ def segment_videos(
     out_dir: Path,
     config: SegmentVideosConfig,
     model_dir: Path | None = None,
-    workers: int = 1,
+    executor: ExecutorConfig | None = None,
 ) -> dict[str, Any]:
     """Segment every video under ``videos_dir`` into ``out_dir``; resumes where a previous run stopped.
 
-    ``model_dir`` None: no attention (every frame relevant). Returns a summary: counts and failures.
+    ``model_dir`` None: no attention (every frame relevant). ``executor``: where the videos are segmented
+    (default: in this process). Returns a summary: counts and failures.
     """
+    executor = executor or ExecutorConfig()
     sources = find_videos(videos_dir)
-    model, load_model = None, None
+    load_model = None
     if model_dir is not None:
-        model = load_attention(model_dir, config)
-        _check_classes(sources, model.class_names)
-        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-        load_model = functools.partial(_load_in_worker, model_dir, config, threads)
+        _check_classes(sources, load_attention(model_dir, config).class_names)
+        load_model = functools.partial(_load_in_worker, model_dir, config, executor.threads_per_task(),
+                                       executor.device())
     settings = {"attention": "none" if model_dir is None else "cam",
                 "model": None if model_dir is None else str(model_dir.resolve()),
                 "config": dump_config(config)}
-    return segment_sources(sources, out_dir, config, settings, model, load_model, workers)
+    return segment_sources(sources, out_dir, config, settings, load_model, executor)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,7 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention", choices=("cam", "none"), default="cam",
                         help="cam: relevance scores and CAM attention from --model (default); none: every frame "
                         "is relevant and only motion and appearance are used")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="videos processed in parallel (default 1)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="videos processed at once: local processes or Ray tasks in flight (default 1)")
+    add_executor_arguments(parser)
     parser.add_argument("--config", type=Path, metavar="YAML", help="YAML with SegmentVideosConfig fields")
     parser.add_argument("--threshold", type=float, metavar="T", help="frame relevance threshold (overrides the config)")
     parser.set_defaults(func=run)
@@ -98,11 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.attention == "cam" and args.model is None:
         raise InputError(None, "--attention cam needs --model DIR (or use --attention none)")
-    if args.workers < 1:
-        raise InputError(None, f"--workers must be at least 1, got {args.workers}")
+    executor = executor_from_args(args, args.workers)
     config = load_config(SegmentVideosConfig, args.config, threshold=args.threshold)
     model_dir = args.model if args.attention == "cam" else None
-    summary = segment_videos(args.videos, args.out, config, model_dir, args.workers)
+    summary = segment_videos(args.videos, args.out, config, model_dir, executor)
     print(
         f"segment-videos: {summary['segmented']} videos segmented, {summary['already_done']} already done, "
         f"{summary['failed']} failed; {summary['masked_frames']} of {summary['frames']} frames masked in "

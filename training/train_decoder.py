@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wsvs.runtime.config import load_config
 from wsvs.runtime.errors import InputError
+from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args, map_unordered
 from wsvs.runtime.io import atomic_path, read_json, read_label_png, write_json
 
 from .augment import augment_pair
 from .distributed import Replica, resolve_device
 from .fit import fit
+
+if TYPE_CHECKING:
+    from .cam import FrameAttention
 
 CACHE_DIR = "attention"
 SCORE_BATCH = 32  # frames per encoder or decoder call while caching attention or calibrating
@@ -162,10 +167,27 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
                  masks=np.stack(masks) if masks else empty.astype(bool))
 
 
-def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: Path,
-                config: TrainDecoderConfig) -> tuple[Pairs, dict[str, Any]]:
-    """Training pairs from the segmented videos (attention cached in ``cache_dir``) and the counts of
-    frames used and skipped."""
+def _load_attention(model_dir: Path, device: str, threads: int | None) -> FrameAttention:
+    """The encoder's attention in a worker process that caches videos, on ``threads`` CPU threads."""
+    import torch
+
+    from .cam import FrameAttention
+
+    if threads is not None:  # None: this process's own setting
+        torch.set_num_threads(threads)
+    return FrameAttention.load(model_dir, resolve_device(device))
+
+
+def _cache_in_worker(attention_model: FrameAttention, item: tuple[Any, dict[str, Any], Path], masks_dir: Path,
+                     max_side: int) -> None:
+    source, record, path = item
+    cache_video_attention(source, record, masks_dir, attention_model, max_side, path)
+
+
+def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: Path, config: TrainDecoderConfig,
+                executor: ExecutorConfig | None = None) -> tuple[Pairs, dict[str, Any]]:
+    """Training pairs from the segmented videos (attention cached in ``cache_dir``, the missing videos'
+    computed through ``executor``: by default in this process) and the counts of frames used and skipped."""
     from tqdm import tqdm
 
     from wsvs.runtime.video_masks import find_videos
@@ -184,22 +206,28 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
         raise InputError(cache_dir, "holds attention of another encoder or frame size; train into a new --out")
     write_json(settings_path, settings)
 
-    attention_model = None
-    pairs = Pairs([], [])
-    counts = {"videos": len(records), "masked_frames": 0, "used": 0, "skipped_empty": 0, "skipped_full": 0}
-    for record in tqdm(records, desc="attention", unit="video", leave=False):
+    for record in records:
         if record["video"] not in sources:
             raise InputError(masks_dir / f"{record['id']}.json", f"video {record['video']} is not in {videos_dir}")
-        path = cache_dir / f"{record['id']}.npz"
-        if not path.is_file():
-            if attention_model is None:
-                attention_model = FrameAttention.load(model_dir, resolve_device(config.device))
-            if record["class"] not in attention_model.class_names:
+    missing = [(sources[r["video"]], r, cache_dir / f"{r['id']}.npz") for r in records
+               if not (cache_dir / f"{r['id']}.npz").is_file()]
+    if missing:
+        class_names = FrameAttention.load(model_dir).class_names
+        for _, record, _ in missing:
+            if record["class"] not in class_names:
                 raise InputError(masks_dir / f"{record['id']}.json", f"class {record['class']!r} is not one of "
-                                 f"the model's classes ({', '.join(attention_model.class_names)})")
-            cache_video_attention(sources[record["video"]], record, masks_dir, attention_model,
-                                  config.max_side, path)
-        with np.load(path) as cached:
+                                 f"the model's classes ({', '.join(class_names)})")
+        executor = executor or ExecutorConfig()
+        setup = functools.partial(_load_attention, model_dir, config.device, executor.threads_per_task())
+        work = functools.partial(_cache_in_worker, masks_dir=masks_dir, max_side=config.max_side)
+        for _ in tqdm(map_unordered(work, missing, executor, setup), total=len(missing), desc="attention",
+                      unit="video", leave=False):
+            pass
+
+    pairs = Pairs([], [])
+    counts = {"videos": len(records), "masked_frames": 0, "used": 0, "skipped_empty": 0, "skipped_full": 0}
+    for record in records:
+        with np.load(cache_dir / f"{record['id']}.npz") as cached:
             attention, masks = cached["attention"], cached["masks"]
         for att, mask in zip(attention, masks):
             counts["masked_frames"] += 1
@@ -216,12 +244,13 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
 
 
 def train_decoder(model_dir: Path, videos_dir: Path, masks_dir: Path, out: Path, config: TrainDecoderConfig,
-                  resume: bool = False) -> tuple[Path, dict[str, Any]]:
+                  resume: bool = False, executor: ExecutorConfig | None = None) -> tuple[Path, dict[str, Any]]:
     """Train the decoder of the encoder checkpoint ``model_dir`` on the masks of segment-videos; returns the
-    new checkpoint folder ``out`` and the frame counts (used, skipped as empty or as full)."""
+    new checkpoint folder ``out`` and the frame counts (used, skipped as empty or as full). ``executor``: where
+    the attention of the videos is computed (default: in this process)."""
     from .checkpoint import load_checkpoint
 
-    pairs, counts = video_pairs(model_dir, videos_dir, masks_dir, out / CACHE_DIR, config)
+    pairs, counts = video_pairs(model_dir, videos_dir, masks_dir, out / CACHE_DIR, config, executor)
     model, meta = load_checkpoint(model_dir)
     record = {"encoder": str(model_dir.resolve()), "masks": str(masks_dir.resolve()), "frames": counts}
     return fit_decoder(model, meta, pairs, out, config, record, resume), counts
@@ -230,7 +259,8 @@ def train_decoder(model_dir: Path, videos_dir: Path, masks_dir: Path, out: Path,
 def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainDecoderConfig)}
     config = load_config(TrainDecoderConfig, args.config, **overrides)
-    out, counts = train_decoder(args.model, args.videos, args.masks, args.out, config, resume=args.resume)
+    executor = executor_from_args(args, args.workers)
+    out, counts = train_decoder(args.model, args.videos, args.masks, args.out, config, args.resume, executor)
     print(f"train-decoder: {counts['used']} of {counts['masked_frames']} masked frames used "
           f"({counts['skipped_empty']} nearly empty, {counts['skipped_full']} nearly full skipped); "
           f"checkpoint: {out}")
@@ -256,4 +286,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from the last finished epoch in --out")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="videos whose attention is cached at once: local processes or Ray tasks in flight "
+                   "(default 1)")
+    add_executor_arguments(p)
     p.set_defaults(func=run)
