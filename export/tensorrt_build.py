@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsvs.runtime import __version__, cuda_api
-from wsvs.runtime.errors import InputError
+from wsvs.runtime.errors import InputError, first_line
 from wsvs.runtime.io import atomic_path, write_json
 
 Shape = tuple[int, int, int, int]
@@ -84,7 +84,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: tuple[Shape, Shape,
     try:
         builder = trt.Builder(logger)
     except TypeError as exc:  # "factory function returned nullptr": TensorRT could not start CUDA
-        raise InputError(None, f"TensorRT cannot start on this GPU ({str(exc).splitlines()[0]})") from None
+        raise InputError(None, f"TensorRT cannot start on this GPU ({first_line(exc)})") from None
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # TensorRT 11 is strongly typed always
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)

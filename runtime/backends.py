@@ -19,7 +19,7 @@ import numpy as np
 
 from . import cuda_api
 from .contract import check_exported_from
-from .errors import InputError
+from .errors import InputError, first_line
 from .io import read_json
 
 BACKENDS = ("tensorrt", "ort-cuda", "ort-cpu")  # fastest first: the order "auto" tries them in
@@ -94,7 +94,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=_ORT_PROVIDERS[name])
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid graphs
-            raise InputError(path, f"ONNX Runtime cannot load the graph ({str(exc).splitlines()[0]})") from None
+            raise InputError(path, f"ONNX Runtime cannot load the graph ({first_line(exc)})") from None
         if name == "ort-cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise InputError(path, "the CUDA provider failed to start (no usable GPU or CUDA libraries)")
         self.name, self.path, self.version = name, path, ort.__version__
@@ -145,7 +145,7 @@ class TensorRTBackend(Backend):
         try:
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         except TypeError as exc:  # "factory function returned nullptr": TensorRT could not start CUDA
-            raise InputError(path, f"TensorRT cannot start on this GPU ({str(exc).splitlines()[0]})") from None
+            raise InputError(path, f"TensorRT cannot start on this GPU ({first_line(exc)})") from None
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise InputError(path, "TensorRT cannot deserialise the engine (corrupt file?)")

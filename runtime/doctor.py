@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import cuda_api
 from .backends import import_onnxruntime, select_backend
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,6 @@ class Check:
 
     def line(self) -> str:
         return f"{self.name:12s} {'yes' if self.usable else 'no '}  {self.detail}"
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def installed_version(distribution: str) -> str | None:

@@ -6,6 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a one-line error quotes of
+    a library's multi-line one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class InputError(Exception):
     """Bad or missing input. The message names the file and the problem, on one line."""
 
