@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .backends import Backend, select_backend
 from .contract import GraphMetadata
-from .errors import InputError
+from .errors import InputError, first_line
 from .io import IMAGE_SUFFIXES, MAX_PIXELS, overlay, read_image_rgb, write_image_rgb, write_palette_png
 from .preprocess import normalise, resize_rgb
 
@@ -80,6 +80,11 @@ class Segmenter(Protocol):
         """Labels at each image's own size for (H, W, 3) uint8 RGB images of any sizes."""
 
 
+def smallest_blank_image(metadata: GraphMetadata, limits: SizeLimits) -> np.ndarray:
+    """A black image of the smallest size ``limits`` allow, normalised as the graph's input (1, 3, H, W)."""
+    return normalise(np.zeros((1, limits.min_height, limits.min_width, 3), np.uint8), metadata.mean, metadata.std)
+
+
 def check_graph(backend: Backend, inputs: np.ndarray, expected: dict[str, tuple[int, ...]]) -> None:
     """Run a graph once on blank ``inputs`` of the smallest size and compare its outputs' shapes with ``expected``
     (by name), so that a graph other than the one expected (other inputs, other outputs) is refused in one line
@@ -88,7 +93,7 @@ def check_graph(backend: Backend, inputs: np.ndarray, expected: dict[str, tuple[
         outputs = backend.run(inputs)
     except Exception as exc:  # each backend raises its own types for inputs a graph does not take
         shape = "x".join(map(str, inputs.shape))
-        raise InputError(backend.path, f"the graph does not run on a {shape} input ({str(exc).splitlines()[0]})") \
+        raise InputError(backend.path, f"the graph does not run on a {shape} input ({first_line(exc)})") \
             from None
     shapes = {name: getattr(outputs.get(name), "shape", None) for name in expected}
     if shapes != expected:
@@ -115,10 +120,9 @@ class ImageSegmenter:
         self.batch = min(batch, self.backend.max_batch or batch)
         self.limits = SizeLimits.of(self.backend)
         self.long_side = self.limits.long_side(long_side, self.metadata.input_size, self.backend.path)
-        height, width = self.limits.min_height, self.limits.min_width
-        classes = len(self.metadata.class_names)
-        blank = normalise(np.zeros((1, height, width, 3), np.uint8), self.metadata.mean, self.metadata.std)
-        check_graph(self.backend, blank, {"labels": (1, height, width), "scores": (1, classes)})
+        blank = smallest_blank_image(self.metadata, self.limits)
+        height, width = blank.shape[-2:]
+        check_graph(self.backend, blank, {"labels": (1, height, width), "scores": (1, len(self.metadata.class_names))})
 
     def describe(self) -> str:
         return f"{self.backend.describe()} running {self.backend.path}"

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .backends import open_backend, select_backend
 from .contract import GraphMetadata, labels_from_foreground, present_classes
 from .errors import InputError
-from .image_segmenter import SizeLimits, check_graph, restore_size, working_size
+from .image_segmenter import SizeLimits, check_graph, restore_size, smallest_blank_image, working_size
 from .io import MAX_PIXELS, add_h264_stream, atomic_path, overlay, write_json, write_palette_png
 from .preprocess import normalise, resize_rgb
 from .video_reader import FALLBACK_RATE, VideoReader, check_frame_size
@@ -94,9 +94,9 @@ class VideoSegmenter:
         self.long_side = self.limits.long_side(long_side, self.metadata.input_size, self.encoder.path)
         self.refine, self.window = refine, window
         self.max_pixels = max_pixels
-        height, width = self.limits.min_height, self.limits.min_width
+        blank = smallest_blank_image(self.metadata, self.limits)
+        height, width = blank.shape[-2:]
         classes = len(self.metadata.class_names)
-        blank = normalise(np.zeros((1, height, width, 3), np.uint8), self.metadata.mean, self.metadata.std)
         check_graph(self.encoder, blank, {"scores": (1, classes), "attention": (1, classes, height, width)})
         check_graph(self.decoder, np.zeros((1, 1, height, width), np.float32), {"foreground": (1, 1, height, width)})
         self.videoseg = videoseg or VideoSegConfig()
