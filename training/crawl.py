@@ -339,19 +339,20 @@ class _Network:
         return self._ytdlp_class({**self._options, **cookies, "logger": log, **options})
 
     def _wait_turn(self) -> None:
-        with self._pace.locked() as state:
-            now = time.time()  # the processes' common clock
-            start = max(now, state["next_request"])
-            state["next_request"] = start + self.config.sleep_requests_s
-            state["requests"] += 1
-        time.sleep(start - now)
+        self._take_turn("next_request", self.config.sleep_requests_s, requests=1)
 
     def wait_download_turn(self) -> None:
+        self._take_turn("next_download", random.uniform(self.config.min_sleep_download_s,
+                                                        self.config.max_sleep_download_s))
+
+    def _take_turn(self, turn: str, gap: float, requests: int = 0) -> None:
+        """Reserve the next ``turn`` of the shared state under its lock (the one after it ``gap`` seconds later,
+        ``requests`` counted), then wait for it outside the lock."""
         with self._pace.locked() as state:
-            now = time.time()
-            start = max(now, state["next_download"])
-            state["next_download"] = start + random.uniform(self.config.min_sleep_download_s,
-                                                            self.config.max_sleep_download_s)
+            now = time.time()  # the processes' common clock
+            start = max(now, state[turn])
+            state[turn] = start + gap
+            state["requests"] += requests
         time.sleep(start - now)
 
     def hold(self, seconds: float) -> None:
