@@ -27,7 +27,7 @@ from test_crawl import (
     small_config,
     write_pages,
 )
-from test_segment_videos import davis_frames, encode_mp4
+from test_segment_videos import write_davis_videos
 
 from wsvs.runtime.cli import main
 from wsvs.runtime.errors import IncompleteError
@@ -146,10 +146,7 @@ def driver(videos: Path, out: Path, address: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def videos(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four DAVIS sequences, 12 frames each at 160x90, as <class>/<sequence>.mp4."""
-    root = tmp_path_factory.mktemp("videos")
-    for sequence, class_name in SEQUENCES.items():
-        encode_mp4(root / class_name / f"{sequence}.mp4", davis_frames(shared_data, sequence, 12))
-    return root
+    return write_davis_videos(tmp_path_factory.mktemp("videos"), shared_data, SEQUENCES, 12)
 
 
 @pytest.fixture(scope="module")

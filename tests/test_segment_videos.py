@@ -45,6 +45,13 @@ def davis_frames(shared_data: Path, sequence: str, count: int, size: tuple[int, 
     return [cv2.resize(read_image_rgb(p), size, interpolation=cv2.INTER_AREA) for p in paths]
 
 
+def write_davis_videos(root: Path, shared_data: Path, sequences: dict[str, str], count: int) -> Path:
+    """``root``/<class>/<sequence>.mp4: the first ``count`` frames of each DAVIS sequence at 160x90."""
+    for sequence, class_name in sequences.items():
+        encode_mp4(root / class_name / f"{sequence}.mp4", davis_frames(shared_data, sequence, count))
+    return root
+
+
 def segment(videos: Path, out: Path, *extra: str) -> int:
     return main(["segment-videos", "--videos", str(videos), "--out", str(out), "--attention", "none", *extra])
 
@@ -52,10 +59,7 @@ def segment(videos: Path, out: Path, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def mp4_videos(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """<dir>/<class>/<seq>.mp4: 8 frames of two DAVIS sequences at 160x90."""
-    root = tmp_path_factory.mktemp("videos")
-    for sequence, class_name in SEQUENCES.items():
-        encode_mp4(root / class_name / f"{sequence}.mp4", davis_frames(shared_data, sequence, 8))
-    return root
+    return write_davis_videos(tmp_path_factory.mktemp("videos"), shared_data, SEQUENCES, 8)
 
 
 # -- relevant intervals ----------------------------------------------------------------------------------------
