@@ -32,6 +32,19 @@ class FrameAttention:
         model, meta = load_checkpoint(model_dir, device)
         return cls(model, meta, device)
 
+    @classmethod
+    def load_in_worker(cls, model_dir: str | Path, device: str, threads: int | None) -> FrameAttention:
+        """The model as a worker process of ``wsvs.runtime.executor`` builds it: on ``device`` ("auto" resolved in
+        the worker, which may not be where the command runs) and ``threads`` CPU threads (None: the process's own
+        setting)."""
+        import torch
+
+        from .distributed import resolve_device
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return cls.load(model_dir, resolve_device(device))
+
     @property
     def class_names(self) -> list[str]:
         return list(self.meta.class_names)

@@ -839,13 +839,9 @@ def crawl(config: CrawlConfig, load_scorer: Callable[[], Scorer], class_names: S
 
 def load_scorer(model: Path, threads: int | None, device: str = "cpu") -> Scorer:
     """The encoder's class probabilities in a worker process, on ``device`` and ``threads`` CPU threads."""
-    import torch
-
     from .cam import FrameAttention
 
-    if threads is not None:  # None: this process's own setting
-        torch.set_num_threads(threads)
-    return FrameAttention.load(model, device).scores
+    return FrameAttention.load_in_worker(model, device, threads).scores
 
 
 def run(args: argparse.Namespace) -> int:

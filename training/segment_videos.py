@@ -24,22 +24,16 @@ if TYPE_CHECKING:
     from wsvs.training.cam import FrameAttention
 
 
-def load_attention(model_dir: Path, config: SegmentVideosConfig, device: str = "cpu") -> FrameAttention:
+def load_attention(model_dir: Path, config: SegmentVideosConfig, device: str = "cpu",
+                   threads: int | None = None) -> FrameAttention:
+    """The attention model at ``config``'s scales, on ``device`` and ``threads`` CPU threads (None: this process's
+    own setting), as a worker process of the executor builds it."""
     from wsvs.training.cam import FrameAttention
 
-    model = FrameAttention.load(model_dir, device)
+    model = FrameAttention.load_in_worker(model_dir, device, threads)
     if config.attention_scales is not None:
         model.meta = dataclasses.replace(model.meta, scales=tuple(config.attention_scales))
     return model
-
-
-def _load_in_worker(model_dir: Path, config: SegmentVideosConfig, threads: int | None, device: str) -> FrameAttention:
-    """The attention model of a worker process, on ``device`` and ``threads`` CPU threads."""
-    import torch
-
-    if threads is not None:  # None: this process's own setting
-        torch.set_num_threads(threads)
-    return load_attention(model_dir, config, device)
 
 
 def _check_classes(sources: list[VideoSource], class_names: list[str]) -> None:
@@ -66,8 +60,8 @@ def segment_videos(
     load_model = None
     if model_dir is not None:
         _check_classes(sources, load_attention(model_dir, config).class_names)
-        load_model = functools.partial(_load_in_worker, model_dir, config, executor.threads_per_task(),
-                                       executor.device())
+        load_model = functools.partial(load_attention, model_dir, config, executor.device(),
+                                       executor.threads_per_task())
     settings = {"attention": "none" if model_dir is None else "cam",
                 "model": None if model_dir is None else str(model_dir.resolve()),
                 "config": dump_config(config)}

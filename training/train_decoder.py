@@ -30,7 +30,7 @@ from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, execut
 from wsvs.runtime.io import atomic_path, read_json, read_label_png, write_json
 
 from .augment import augment_pair
-from .distributed import Replica, resolve_device
+from .distributed import Replica
 from .fit import fit
 
 if TYPE_CHECKING:
@@ -167,17 +167,6 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
                  masks=np.stack(masks) if masks else empty.astype(bool))
 
 
-def _load_attention(model_dir: Path, device: str, threads: int | None) -> FrameAttention:
-    """The encoder's attention in a worker process that caches videos, on ``threads`` CPU threads."""
-    import torch
-
-    from .cam import FrameAttention
-
-    if threads is not None:  # None: this process's own setting
-        torch.set_num_threads(threads)
-    return FrameAttention.load(model_dir, resolve_device(device))
-
-
 def _cache_in_worker(attention_model: FrameAttention, item: tuple[Any, dict[str, Any], Path], masks_dir: Path,
                      max_side: int) -> None:
     source, record, path = item
@@ -218,7 +207,8 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
                 raise InputError(masks_dir / f"{record['id']}.json", f"class {record['class']!r} is not one of "
                                  f"the model's classes ({', '.join(class_names)})")
         executor = executor or ExecutorConfig()
-        setup = functools.partial(_load_attention, model_dir, config.device, executor.threads_per_task())
+        setup = functools.partial(FrameAttention.load_in_worker, model_dir, config.device,
+                                  executor.threads_per_task())
         work = functools.partial(_cache_in_worker, masks_dir=masks_dir, max_side=config.max_side)
         for _ in tqdm(map_unordered(work, missing, executor, setup), total=len(missing), desc="attention",
                       unit="video", leave=False):
