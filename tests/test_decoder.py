@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -180,16 +181,15 @@ def table1(world_dir: Path, encoder_dir: Path, decoder_dir: Path, tmp_path_facto
 
 def test_table1_in_miniature(world_dir: Path, decoder_dir: Path, table1: dict) -> None:
     """Table 1 on the small world's val split: the decoder trained on video masks beats the CAM baseline by at
-    least 10 points (measured: CAM 38.5, decoder 49.2 with AVX-512 kernels; decoder 58.5 with AVX2 kernels).
-
-    Domain adaptation's gain does not hold on both instruction sets here (measured: +4.3 with AVX-512 kernels,
-    -2.3 with AVX2 kernels, 60 val images), so the test asserts what the held-out guard is for: adaptation is
-    judged, and the model it leaves is not wrecked (a wrecked one loses tens of points, see the next test)."""
+    least 10 points, and domain adaptation on the graph-cut-refined labels does not lose to it. Measured (CAM,
+    decoder, + DA): AVX-512 kernels, one thread 30.1, 52.0, 56.9; AVX2 kernels, one thread 39.8, 55.3, 58.4; AVX2
+    kernels, two threads 39.3, 58.3, 59.3. The gain's smallest is +1.0, so a gain of one point is not asserted. On
+    labels the decoder alone made, adaptation's sign depended on the kernels (+4.3 and -2.3)."""
     from wsvs.training.train_encoder import evaluate_classifier
     from wsvs.training.voc import VOCDataset
 
     assert table1["decoder"] >= table1["cam"] + 0.10, table1
-    assert table1["adapted"] >= table1["decoder"] - 0.05, table1
+    assert table1["adapted"] >= table1["decoder"], table1
     assert "bkg" in table1["decoder_table"] and "decoder + DA" in table1["adapted_table"]
     adapted_dir = table1["adapted_dir"]
     # Adaptation fine-tunes the encoder too, and its image-level loss keeps the classification; each stage
@@ -213,21 +213,35 @@ def test_table1_in_miniature(world_dir: Path, decoder_dir: Path, table1: dict) -
         assert image.mode == "P" and np.array_equal(np.array(image.getpalette()[:6]).reshape(2, 3), voc_palette(2))
 
 
-def test_unsure_band_leaves_sure_pixels_on_both_sides_at_any_threshold() -> None:
-    """A decoder calibrated its foreground threshold at 0.9 on a demo seed: a band of +-0.1 in probability voided
-    every foreground pixel, so adaptation had nothing to learn. In log-odds, both sides keep sure pixels."""
-    from wsvs.training.adapt import AdaptConfig, unsure
+def test_refined_labels_take_each_body_whole_from_a_decoder_that_under_segments() -> None:
+    """Two bodies of one colour on dark clutter, each of another class. The decoder is sure of the inner half of
+    each body and unsure (under its threshold) of a band that holds the body's rim and as much clutter around it,
+    as the demo's decoder under-segments. The graph cut's colour term takes each body's rim and leaves the clutter,
+    and a pixel both cuts claim goes to the more probable class."""
+    from wsvs.training.adapt import refine_labels, still_image_refinement
 
-    p = np.linspace(0.0, 1.0, 10001)
-    margin = AdaptConfig().uncertain_margin
-    for threshold in (0.1, 0.35, 0.5, 0.9, 0.95):
-        band = unsure(p, threshold, margin)
-        assert band[np.searchsorted(p, threshold)]
-        assert (p[~band] > threshold).mean() > 0.02 and (p[~band] < threshold).mean() > 0.02, threshold
-        assert np.all(np.diff(band.astype(int))[np.diff(band.astype(int)) != 0] == [1, -1])  # one interval
-    near_half = p[unsure(p, 0.5, margin)]
-    assert near_half.min() == pytest.approx(0.4, abs=0.01) and near_half.max() == pytest.approx(0.6, abs=0.01)
-    assert not unsure(p, 0.5, 0.0).any()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 90, (128, 128, 3)).astype(np.uint8)
+    truth = np.zeros((128, 128), np.uint8)
+    yy, xx = np.mgrid[:128, :128]
+    foreground = np.full((3, 128, 128), 0.02, np.float32)
+    for c, centre in ((0, 36), (2, 92)):
+        radius = np.sqrt(((xx - centre) / 16.0) ** 2 + ((yy - 64) / 40.0) ** 2)  # 1 on the body's outline
+        body = radius <= 1
+        image[body] = np.array([200, 170, 60]) + rng.integers(-12, 12, (body.sum(), 3))
+        truth[body] = c + 1
+        foreground[c][radius <= 1.3] = 0.3
+        foreground[c][radius <= 0.7] = 0.9
+    config = dataclasses.replace(still_image_refinement(), attention_threshold=0.5)
+    refined = refine_labels(image, foreground, np.array([0, 2]), config)
+    decoder = labels_from_foreground(foreground[None], 0.5)[0]
+
+    def iou(labels: np.ndarray, c: int) -> float:
+        return ((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
+
+    for label in (1, 3):
+        assert iou(decoder, label) < 0.55 and iou(refined, label) > 0.9, (iou(decoder, label), iou(refined, label))
+    assert not (refined == 2).any()  # a class not present is never labelled
 
 
 def test_holdout_split_is_disjoint_seeded_and_keeps_one_of_each() -> None:
