@@ -181,15 +181,15 @@ def table1(world_dir: Path, encoder_dir: Path, decoder_dir: Path, tmp_path_facto
 
 def test_table1_in_miniature(world_dir: Path, decoder_dir: Path, table1: dict) -> None:
     """Table 1 on the small world's val split: the decoder trained on video masks beats the CAM baseline by at
-    least 10 points, and domain adaptation on the graph-cut-refined labels does not lose to it. Measured (CAM,
-    decoder, + DA): AVX-512 kernels, one thread 30.1, 52.0, 56.9; AVX2 kernels, one thread 39.8, 55.3, 58.4; AVX2
-    kernels, two threads 39.3, 58.3, 59.3. The gain's smallest is +1.0, so a gain of one point is not asserted. On
-    labels the decoder alone made, adaptation's sign depended on the kernels (+4.3 and -2.3)."""
+    least 10 points, and domain adaptation on the graph-cut-refined labels gains at least one point over it.
+    Measured (CAM, decoder, + DA): AVX-512 kernels, one thread 30.1, 52.0, 61.2; AVX2 kernels, one thread 39.8,
+    55.3, 61.9; AVX2 kernels, two threads 39.3, 58.3, 62.3. On labels the decoder alone made, adaptation's sign
+    depended on the kernels (+4.3 and -2.3)."""
     from wsvs.training.train_encoder import evaluate_classifier
     from wsvs.training.voc import VOCDataset
 
     assert table1["decoder"] >= table1["cam"] + 0.10, table1
-    assert table1["adapted"] >= table1["decoder"], table1
+    assert table1["adapted"] >= table1["decoder"] + 0.01, table1
     assert "bkg" in table1["decoder_table"] and "decoder + DA" in table1["adapted_table"]
     adapted_dir = table1["adapted_dir"]
     # Adaptation fine-tunes the encoder too, and its image-level loss keeps the classification; each stage
@@ -242,6 +242,36 @@ def test_refined_labels_take_each_body_whole_from_a_decoder_that_under_segments(
     for label in (1, 3):
         assert iou(decoder, label) < 0.55 and iou(refined, label) > 0.9, (iou(decoder, label), iou(refined, label))
     assert not (refined == 2).any()  # a class not present is never labelled
+
+
+def test_adaptation_trains_the_attention_the_decoder_reads_at_every_scale() -> None:
+    """The fine-tuned network's foreground is the inference path's (the decoder on the multi-scale attention), and so
+    is its gradient into the encoder: every scale's attention passes it on, not only scale 1's (on a tuning world,
+    that doubled adaptation's gain)."""
+    from wsvs.training.adapt import adaptation_network
+
+    torch.manual_seed(0)
+    model = WSVSModel(TINY).eval()
+    scales = (0.75, 1.0, 1.5)
+    images = torch.randn(2, 3, 64, 64)
+    image_index, class_index = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+
+    def encoder_gradient(foreground: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        foreground.square().mean().backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.encoder.parameters()]
+        return torch.cat([g.flatten() for g in grads])
+
+    _, trained = adaptation_network(model, scales)(images, image_index, class_index)
+    trained_gradient = encoder_gradient(trained)
+    attention = multiscale_attention(model.encoder, images, scales)
+    inferred = model.decoder(attention[image_index, class_index][:, None])[:, 0]
+    torch.testing.assert_close(trained, inferred)
+    # scales other than 1 win the maximum at about half the pixels here, so a gradient through scale 1 alone differs
+    wins = multiscale_attention(model.encoder, images, [0.75, 1.5]) > multiscale_attention(model.encoder, images, [1])
+    assert wins.float().mean() > 0.25
+    torch.testing.assert_close(trained_gradient, encoder_gradient(inferred))
+    assert trained_gradient.abs().sum() > 0
 
 
 def test_holdout_split_is_disjoint_seeded_and_keeps_one_of_each() -> None:

@@ -12,9 +12,10 @@ present class of an image, the decoder's output on that class's multi-scale atte
 classes at inference, stay trained. Fine-tuning the encoder is what lets the attention itself move toward the
 labelled regions; a decoder that sees only the attention cannot (on the demo world, fine-tuning the decoder alone,
 even on the ground-truth masks, did not beat the video-trained decoder). The gradient reaches the encoder through
-the scale-1 attention; the other scales are computed without one, which costs a third as much. Images with
-several classes teach the competition between classes that single-class videos never show. The label maps are
-saved as VOC-palette PNGs in ``<out>/labels/`` for inspection; ``--resume`` continues the fine-tuning after a kill.
+the attention at every scale (on a tuning world the adaptation gained 4.1 val mIoU points so, 2.0 through the
+scale-1 attention alone, for a fifth more time). Images with several classes teach the competition between
+classes that single-class videos never show. The label maps are saved as VOC-palette PNGs in ``<out>/labels/``
+for inspection; ``--resume`` continues the fine-tuning after a kill.
 
 Self-training can go wrong without anyone seeing it: only image-level labels are known, so a share of the
 labelled images (``holdout``) is kept out of the fine-tuning to judge it. The foreground threshold is calibrated
@@ -66,7 +67,7 @@ class AdaptConfig:
     holdout: float = 0.15  # share of the labelled images kept out of fine-tuning to judge it
     max_map_drop: float = 0.02  # the adapted model's class mAP on the held-out images may fall this much at most
     # ... and its label maps' agreement (mIoU) with the held-out labels may fall this much at most below the input
-    # model's
+    # model's (on a tuning world, fine-tunings whose agreement fell by more lost val mIoU, those within it gained)
     max_agreement_drop: float = 0.02
     seed: int = 0
     device: str = "auto"
@@ -188,8 +189,7 @@ def adaptation_network(model, scales):
             attention = F.interpolate(normalise_cams(cams), size=images.shape[-2:], mode="bilinear",
                                       align_corners=False)
             if other_scales:
-                with torch.no_grad():
-                    attention = torch.maximum(attention, multiscale_attention(self.model.encoder, images, other_scales))
+                attention = torch.maximum(attention, multiscale_attention(self.model.encoder, images, other_scales))
             return logits, self.model.decoder(attention[image_index, class_index][:, None])[:, 0]
 
     return AdaptationNetwork()
