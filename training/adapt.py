@@ -185,7 +185,7 @@ def adaptation_network(model, scales):
 
         def forward(self, images: torch.Tensor, image_index: torch.Tensor, class_index: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-            logits, cams = self.model.encoder(images)
+            logits, cams = self.model.encoder(images)  # scale 1's pass gives the class logits too: not run twice
             attention = F.interpolate(normalise_cams(cams), size=images.shape[-2:], mode="bilinear",
                                       align_corners=False)
             if other_scales:
