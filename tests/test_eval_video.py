@@ -82,3 +82,14 @@ def test_missing_prediction_folder_is_input_error(hand_made: tuple[Path, Path], 
     assert main(["eval-video", "--pred", str(tmp_path / "nope"), "--gt", str(gt)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
+
+
+def test_predictions_named_unlike_every_sequence_are_input_error(hand_made: tuple[Path, Path], capsys) -> None:
+    # e.g. segment-videos' per-clip folders (cat_1_0/) against whole-video ground truth (cat_1/): scoring them
+    # as empty predictions would print IoUs of 100 for the sequences with empty ground truth
+    pred, gt = hand_made
+    for folder in ("cat_1", "cat_2", "dog_1"):
+        (pred / folder).rename(pred / f"{folder}_0")
+    assert main(["eval-video", "--pred", str(pred), "--gt", str(gt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(pred) in err[0] and "cat_1/" in err[0]

@@ -57,8 +57,14 @@ def evaluate_videos(pred_dir: Path, gt_dir: Path, classes: Mapping[str, str] | N
     """
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder not found")
+    sequences = ground_truth_sequences(gt_dir)
+    # no folder named after any ground-truth sequence is a layout mismatch (e.g. segment-videos' per-clip
+    # folders against whole-video ground truth), not a method that found nothing: it would score empty masks
+    if not any((pred_dir / sequence).is_dir() for sequence in sequences):
+        raise InputError(pred_dir, f"has no folder named after a ground-truth sequence of {gt_dir} "
+                                   f"(such as {next(iter(sequences))}/)")
     per_video: dict[str, dict[str, Any]] = {}
-    for sequence, gt_paths in ground_truth_sequences(gt_dir).items():
+    for sequence, gt_paths in sequences.items():
         ious, missing = [], 0
         for gt_path in gt_paths:
             gt = read_label_png(gt_path) > 0
