@@ -183,8 +183,8 @@ def test_table1_in_miniature(world_dir: Path, decoder_dir: Path, table1: dict) -
     """Table 1 on the small world's val split: the decoder trained on video masks beats the CAM baseline by at
     least 10 points, and domain adaptation on the graph-cut-refined labels gains at least one point over it.
     Measured (CAM, decoder, + DA; encoder lr 3e-4): AVX-512 kernels, one thread 33.1, 53.2, 63.1; two threads
-    32.3, 50.1, 58.1; AVX2 kernels, one thread 33.7, 52.3, 57.4. On labels the decoder alone made, adaptation's sign depended on the kernels (+4.3
-    and -2.3)."""
+    32.3, 50.1, 58.1; AVX2 kernels, one thread 33.7, 52.3, 57.4. On labels the decoder alone made, adaptation's
+    sign depended on the kernels (+4.3 and -2.3)."""
     from wsvs.training.train_encoder import evaluate_classifier
     from wsvs.training.voc import VOCDataset
 
