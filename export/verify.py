@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from wsvs.runtime.contract import ModelMetadata, labels_from_foreground
-from wsvs.runtime.io import IMAGE_SUFFIXES, read_image_rgb
+from wsvs.runtime.io import IMAGE_SUFFIXES, is_hidden, read_image_rgb
 from wsvs.runtime.preprocess import resize_rgb
 from wsvs.training.graphs import DecoderGraph, EncoderGraph
 from wsvs.training.models import WSVSModel, multiscale_attention
@@ -84,7 +84,7 @@ def folder_images(folder: Path, count: int, height: int, width: int) -> np.ndarr
 
 def image_paths(folder: Path) -> list[Path]:
     """The image files of ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if not is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 @torch.no_grad()

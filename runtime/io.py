@@ -56,6 +56,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def is_hidden(path: Path) -> bool:
+    """A dot-file: a temporary of ``atomic_path`` (one a kill left behind included) or OS metadata such as
+    macOS's ``._<name>`` files; never data, so folder listings skip it."""
+    return path.name.startswith(".")
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically, pretty-printed."""
     with atomic_path(path) as tmp:

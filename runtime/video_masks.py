@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .executor import ExecutorConfig, map_unordered
-from .io import VIDEO_SUFFIXES, read_json, write_binary_png, write_json
+from .io import VIDEO_SUFFIXES, is_hidden, read_json, write_binary_png, write_json
 from .video_reader import VideoReader, frame_files
 from .videoseg import VideoSegConfig, segment_frames
 
@@ -133,7 +133,8 @@ def find_videos(videos_dir: Path) -> list[VideoSource]:
 
 def _video_files(videos_dir: Path, manifest: dict[str, str]) -> tuple[list[VideoSource], set[str]] | None:
     """The video files under ``videos_dir`` and their manifest keys; None when there are none."""
-    files = sorted(p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    files = sorted(p for p in videos_dir.rglob("*")
+                   if p.is_file() and not is_hidden(p) and p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
         return None
     sources, keys = [], set()

@@ -32,7 +32,7 @@ from test_segment_videos import write_davis_videos
 from wsvs.runtime.cli import main
 from wsvs.runtime.errors import IncompleteError
 from wsvs.runtime.executor import ExecutorConfig
-from wsvs.runtime.io import read_json
+from wsvs.runtime.io import is_hidden, read_json
 from wsvs.training.crawl import crawl
 from wsvs.training.demo_world.loopback_site import LoopbackServer
 
@@ -128,8 +128,10 @@ def outputs(out: Path) -> dict[str, object]:
 
 
 def finished_videos(out: Path) -> list[Path]:
-    """The records of the videos done: each is written last, once the video's masks are on disk."""
-    return [path for path in out.glob("*.json") if path.name not in ("run.json", "failures.json")]
+    """The records of the videos done: each is written last, once the video's masks are on disk. Not the
+    temporaries of writes in flight (``.run.json.<random>.json`` while run.json is written)."""
+    return [path for path in out.glob("*.json")
+            if not is_hidden(path) and path.name not in ("run.json", "failures.json")]
 
 
 def command(videos: Path, out: Path, *extra: str) -> list[str]:

@@ -91,6 +91,9 @@ def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir:
     masks = {0: plausible, 1: np.zeros((height, width), bool), 2: nearly_full, 3: plausible, 4: plausible}
     masks_dir = tmp_path / "masks"
     _make_masks(masks_dir, video_id, relative, class_name, masks)
+    # What a segment-videos killed mid-write leaves beside its outputs: temporaries never renamed into place.
+    (masks_dir / f".{video_id}.json.k4q2x.json").write_text('{"video": "')
+    (masks_dir / video_id / ".00005.png.w8z1r.png").write_bytes(b"\x89PNG")
     config = TrainDecoderConfig()
     cache = tmp_path / "cache"
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from wsvs.runtime.errors import InputError
-from wsvs.runtime.io import read_json, read_label_png, write_json
+from wsvs.runtime.io import is_hidden, read_json, read_label_png, write_json
 from wsvs.runtime.metrics import binary_iou
 
 
@@ -29,7 +29,7 @@ def ground_truth_sequences(gt_dir: Path) -> dict[str, list[Path]]:
         root = gt_dir
     sequences = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        masks = sorted(folder.glob("*.png"))
+        masks = sorted(p for p in folder.glob("*.png") if not is_hidden(p))
         if masks:
             sequences[folder.name] = masks
     if not sequences:

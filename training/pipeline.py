@@ -26,7 +26,7 @@ import numpy as np
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args
-from wsvs.runtime.io import read_json, write_json
+from wsvs.runtime.io import is_hidden, read_json, write_json
 from wsvs.runtime.video_masks import SegmentVideosConfig
 
 from .adapt import AdaptConfig, describe_check
@@ -300,7 +300,7 @@ def write_report_markdown(out: Path, report: dict) -> Path:
 
     def images(folder: Path) -> list[str]:
         return [f"![{p.stem}]({p.relative_to(out)})" for p in sorted(folder.glob("*")) if p.suffix in (".png", ".jpg")
-                and not p.stem.endswith("_cam_labels")]
+                and not is_hidden(p) and not p.stem.endswith("_cam_labels")]
 
     lines = [
         "# wsvs report",

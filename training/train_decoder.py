@@ -27,7 +27,7 @@ import numpy as np
 from wsvs.runtime.config import load_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args, map_unordered
-from wsvs.runtime.io import atomic_path, read_json, read_label_png, write_json
+from wsvs.runtime.io import atomic_path, is_hidden, read_json, read_label_png, write_json
 
 from .augment import augment_pair
 from .distributed import Replica
@@ -120,7 +120,7 @@ def video_records(masks_dir: Path) -> list[dict[str, Any]]:
     if not masks_dir.is_dir():
         raise InputError(masks_dir, "masks folder not found")
     records = []
-    for path in sorted(masks_dir.glob("*.json")):
+    for path in sorted(p for p in masks_dir.glob("*.json") if not is_hidden(p)):
         data = read_json(path)
         if isinstance(data, dict) and "intervals" in data and "class" in data:
             records.append({**data, "id": path.stem})
@@ -139,7 +139,7 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
     from wsvs.runtime.video_reader import VideoReader
 
     class_index = attention_model.class_names.index(record["class"])
-    mask_files = {int(p.stem): p for p in (masks_dir / record["id"]).glob("*.png")}
+    mask_files = {int(p.stem): p for p in (masks_dir / record["id"]).glob("*.png") if not is_hidden(p)}
     frames, attention, masks, held = [], [], [], []
 
     def flush() -> None:
