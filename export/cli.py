@@ -79,9 +79,10 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
 
     from wsvs.runtime import cuda_api
     from wsvs.runtime.contract import checkpoint_digest
+    from wsvs.runtime.io import image_files
     from wsvs.training.checkpoint import checkpoint_files, load_checkpoint
 
-    from . import onnx_export, tensorrt_build, verify
+    from . import onnx_export, tensorrt_build
 
     started = time.perf_counter()
     if config.precision not in PRECISIONS:
@@ -94,7 +95,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     top_k = min(config.top_k, meta.arch.num_classes)
     if top_k < 1:
         raise InputError(None, f"--top-k must be >= 1, got {config.top_k}")
-    if calib is not None and not (calib.is_dir() and verify.image_paths(calib)):
+    if calib is not None and not (calib.is_dir() and image_files(calib)):
         raise InputError(calib, "calibration folder not found or has no images")
     if config.precision == "int8" and calib is None:
         raise InputError(None, "int8 needs calibration images: pass --calib DIR")

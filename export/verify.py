@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from wsvs.runtime.contract import ModelMetadata, labels_from_foreground
-from wsvs.runtime.io import IMAGE_SUFFIXES, is_hidden, read_image_rgb
+from wsvs.runtime.io import image_files, read_image_rgb
 from wsvs.runtime.preprocess import resize_rgb
 from wsvs.training.graphs import DecoderGraph, EncoderGraph
 from wsvs.training.models import WSVSModel, multiscale_attention
@@ -79,12 +79,7 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> tup
 
 def folder_images(folder: Path, count: int, height: int, width: int) -> np.ndarray:
     """Up to ``count`` images of ``folder`` (sorted by name), resized to (height, width), as (N, H, W, 3)."""
-    return np.stack([resize_rgb(read_image_rgb(p), (height, width)) for p in image_paths(folder)[:count]])
-
-
-def image_paths(folder: Path) -> list[Path]:
-    """The image files of ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if not is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+    return np.stack([resize_rgb(read_image_rgb(p), (height, width)) for p in image_files(folder)[:count]])
 
 
 @torch.no_grad()

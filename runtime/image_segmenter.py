@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .backends import Backend, select_backend
 from .contract import GraphMetadata
 from .errors import InputError, first_line
-from .io import IMAGE_SUFFIXES, MAX_PIXELS, is_hidden, overlay, read_image_rgb, write_image_rgb, write_palette_png
+from .io import IMAGE_SUFFIXES, MAX_PIXELS, image_files, overlay, read_image_rgb, write_image_rgb, write_palette_png
 from .preprocess import normalise, resize_rgb
 
 MIN_SIDE = 32  # the encoder's stride 8 at the smallest attention scale still leaves a few cells
@@ -169,7 +169,7 @@ def image_paths(inputs: Sequence[Path], report: SegmentReport) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if not is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = image_files(item)
             if not found:
                 report.failed.append(InputError(item, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})"))
             paths.extend(found)

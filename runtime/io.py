@@ -62,6 +62,12 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The entries directly inside ``folder`` named as images, in name order. A subfolder named so is listed too:
+    ``wsvs segment`` reports it as unreadable rather than passing over it in silence."""
+    return sorted(p for p in folder.iterdir() if not is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically, pretty-printed."""
     with atomic_path(path) as tmp:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .io import IMAGE_SUFFIXES, check_pixels, is_hidden, read_image_rgb
+from .io import check_pixels, image_files, read_image_rgb
 
 # A rate for streams and cameras that declare none (rare; some raw or broken files).
 FALLBACK_RATE = Fraction(25)
@@ -56,9 +56,8 @@ def check_frame_size(path: Path, max_pixels: int) -> None:
 
 
 def frame_files(folder: Path) -> list[Path]:
-    """The frame images of a folder, in name order."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The frame images of a folder, in name order (a subfolder named as an image is no frame)."""
+    return [p for p in image_files(folder) if p.is_file()]
 
 
 @dataclass
