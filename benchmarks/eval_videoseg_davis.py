@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import yaml
 from PIL import Image
-from tqdm import tqdm
 
 from wsvs.runtime.config import load_config
 from wsvs.runtime.io import read_image_rgb
 from wsvs.runtime.metrics import binary_iou
+from wsvs.runtime.progress import progress_bar
 from wsvs.runtime.video_reader import VideoReader
 from wsvs.runtime.videoseg import VideoSegConfig, segment_frames
 
@@ -69,7 +69,8 @@ def evaluate(split: str, config: VideoSegConfig, frame_step: int = 1, workers: i
     names = sequences(split)
     with ProcessPoolExecutor(workers) as pool:
         futures = [pool.submit(evaluate_sequence, split, name, config, frame_step) for name in names]
-        return {name: future.result() for name, future in tqdm(zip(names, futures), total=len(names), desc=split)}
+        done = progress_bar(zip(names, futures), total=len(names), desc=split, unit="sequence")
+        return {name: future.result() for name, future in done}
 
 
 def main() -> None:

@@ -16,13 +16,13 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from .backends import Backend, select_backend
 from .contract import GraphMetadata
 from .errors import InputError, first_line
 from .io import IMAGE_SUFFIXES, MAX_PIXELS, image_files, overlay, read_image_rgb, write_image_rgb, write_palette_png
 from .preprocess import normalise, resize_rgb
+from .progress import progress_bar
 
 MIN_SIDE = 32  # the encoder's stride 8 at the smallest attention scale still leaves a few cells
 MAX_SIDE = 4096  # larger inputs run out of memory in the probability maps (N x top_k x H x W floats)
@@ -188,7 +188,7 @@ def segment_files(segmenter: Segmenter, inputs: Sequence[Path], out: Path, max_p
     the others go on. ``report``: add to this one (e.g. shared with the videos of one command)."""
     report = report if report is not None else SegmentReport()
     paths = image_paths(inputs, report)
-    with tqdm(total=len(paths), desc="segment", unit="img", leave=False) as progress:
+    with progress_bar(total=len(paths), desc="segment", unit="img", leave=False) as progress:
         for start in range(0, len(paths), segmenter.batch):
             chunk, images = [], []
             for path in paths[start:start + segmenter.batch]:

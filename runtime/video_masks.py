@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .errors import InputError
 from .executor import ExecutorConfig, map_unordered
 from .io import VIDEO_SUFFIXES, is_hidden, read_json, write_binary_png, write_json
+from .progress import progress_bar
 from .video_reader import VideoReader, frame_files
 from .videoseg import VideoSegConfig, segment_frames
 
@@ -331,7 +332,7 @@ def segment_sources(
     work = functools.partial(_segment_or_fail, out_dir=out_dir, config=config)
     setup = functools.partial(_load_or_none, load_model)
     results = map_unordered(work, todo, executor or ExecutorConfig(), setup)
-    with tqdm(total=len(todo), unit="video", desc="segment-videos", disable=not todo) as progress:
+    with progress_bar(total=len(todo), unit="video", desc="segment-videos", disable=not todo) as progress:
         for source, record, reason in results:
             progress.update()
             if record is not None:

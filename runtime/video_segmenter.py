@@ -24,7 +24,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from .backends import open_backend, select_backend
 from .contract import GraphMetadata, labels_from_foreground, present_classes
@@ -32,6 +31,7 @@ from .errors import InputError
 from .image_segmenter import SizeLimits, check_graph, restore_size, smallest_blank_image, working_size
 from .io import MAX_PIXELS, add_h264_stream, atomic_path, overlay, write_json, write_palette_png
 from .preprocess import normalise, resize_rgb
+from .progress import progress_bar
 from .video_reader import FALLBACK_RATE, VideoReader, check_frame_size
 from .videoseg import VideoSegConfig, segment_frames
 
@@ -144,7 +144,7 @@ class VideoSegmenter:
         reader = VideoReader(source, tolerant=True)
         started = time.perf_counter()
         with atomic_path(out / "overlay.mp4") as overlay_path, \
-                tqdm(desc="segment video", unit="frame", leave=False) as progress:
+                progress_bar(desc="segment video", unit="frame", leave=False) as progress:
             stream = _LabelledStream(self, out / "masks", OverlayWriter(overlay_path, FALLBACK_RATE))
             for frame in reader:
                 stream.overlays.fps = reader.fps or FALLBACK_RATE  # known once the stream is open

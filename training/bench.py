@@ -130,9 +130,8 @@ def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, 
 
 def benchmark(model_dir: Path, config: BenchConfig) -> dict:
     """Run every backend at every batch; the results as a JSON-ready dict."""
-    from tqdm import tqdm
-
     from wsvs.runtime.preprocess import normalise
+    from wsvs.runtime.progress import progress_bar
     from wsvs.runtime.timing import synthetic_images, time_calls
 
     if min(config.batches, default=0) < 1 or config.size < 32 or config.iterations < 1 or config.warmup < 0:
@@ -143,7 +142,7 @@ def benchmark(model_dir: Path, config: BenchConfig) -> dict:
     for batch in config.batches:
         inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), metadata.mean, metadata.std)
         reference = None
-        for name, run in tqdm(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
+        for name, run in progress_bar(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
             labels = run(inputs)
             reference = labels if reference is None else reference
             seconds = time_calls(lambda run=run, inputs=inputs: run(inputs), config.iterations, config.warmup)

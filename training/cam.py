@@ -154,9 +154,8 @@ class EvalCamConfig:
 def evaluate_cam(model_dir: Path, data: Path, config: EvalCamConfig, out: Path | None = None) -> dict:
     """Score the CAM baseline on a VOC-layout set: mIoU (confusion matrix, void ignored), per-class IoU,
     and the CAM recall of object pixels (how much of each object the attention of its class covers)."""
-    from tqdm import tqdm
-
     from wsvs.runtime.metrics import ConfusionMatrix, format_iou_table, iou_table_json
+    from wsvs.runtime.progress import progress_bar
 
     from .voc import VOCDataset
 
@@ -168,8 +167,8 @@ def evaluate_cam(model_dir: Path, data: Path, config: EvalCamConfig, out: Path |
     dataset = VOCDataset(data, config.split, class_names=attention_model.class_names)
     matrix = ConfusionMatrix(len(dataset.class_names) + 1)
     covered = total = 0
-    for i, probs, attention in tqdm(scored_images(attention_model, dataset), total=len(dataset),
-                                    desc="eval-cam", unit="img", leave=False):
+    for i, probs, attention in progress_bar(scored_images(attention_model, dataset), total=len(dataset),
+                                            desc="eval-cam", unit="img", leave=False):
         gt = dataset.mask(i)
         labels = cam_segmentation(probs, attention, class_threshold, config.cam_threshold)
         matrix.update(labels, gt)

@@ -52,12 +52,12 @@ from urllib.parse import urljoin, urlparse
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from wsvs.runtime.errors import IncompleteError, InputError
 from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args, map_unordered
 from wsvs.runtime.io import atomic_path, read_json, write_json
 from wsvs.runtime.keyframes import cut_clip, iter_keyframes, merge_windows
+from wsvs.runtime.progress import progress_bar
 
 # images (N, H, W, 3) uint8 RGB -> (N, C) class probabilities
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -815,8 +815,8 @@ def crawl(config: CrawlConfig, load_scorer: Callable[[], Scorer], class_names: S
     work = functools.partial(_crawl_video, config=config)
     # Closing the results on a stop, an error or Ctrl-C cancels the videos not started: the next run's.
     with (contextlib.closing(map_unordered(work, todo, executor or ExecutorConfig(workers=config.workers), setup))
-          as results, tqdm(results, total=len(todo), desc="crawl", unit="video") as progress):
-        for outcome in progress:  # tqdm's remaining time is the crawl's ETA, paced requests included
+          as results, progress_bar(results, total=len(todo), desc="crawl", unit="video") as progress):
+        for outcome in progress:  # the bar's remaining time is the crawl's ETA, paced requests included
             if outcome.record is not None:
                 manifest.put(outcome.record)  # the worker appended it too: a line lost on a shared filesystem is not
             if outcome.failure:

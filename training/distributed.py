@@ -80,10 +80,10 @@ class Replica:
                     batch_loss: Callable[[np.ndarray], tuple[torch.Tensor, int]], desc: str) -> float:
         """One pass over ``batches``: ``batch_loss(batch)`` gives this process's mean loss on its share and the
         share's size; each loss takes one optimiser step. Returns the mean loss per item over all processes."""
-        from tqdm import tqdm
+        from wsvs.runtime.progress import progress_bar
 
         total = 0.0
-        bar = tqdm(batches, desc=desc, unit="batch", leave=False, disable=not self.is_main)
+        bar = progress_bar(batches, desc=desc, unit="batch", leave=False, disable=not self.is_main)
         for batch in bar:
             loss, size = batch_loss(batch)
             optimizer.zero_grad()

@@ -28,9 +28,8 @@ def method_name(meta) -> str:
 
 def evaluate_model(model_dir: Path, data: Path, config: EvaluateConfig, masks_out: Path | None = None) -> dict:
     """Segment every image of the split with the checkpoint (§3.4) and score it against the masks."""
-    from tqdm import tqdm
-
     from wsvs.runtime.metrics import ConfusionMatrix, format_iou_table, iou_table_json
+    from wsvs.runtime.progress import progress_bar
 
     from .checkpoint import load_checkpoint
     from .segment import segment_dataset
@@ -41,8 +40,8 @@ def evaluate_model(model_dir: Path, data: Path, config: EvaluateConfig, masks_ou
         raise InputError(model_dir, "has no trained decoder (run train-decoder first)")
     dataset = VOCDataset(data, config.split, class_names=meta.class_names)
     matrix = ConfusionMatrix(len(meta.class_names) + 1)
-    for i, labels, _, _ in tqdm(segment_dataset(model, meta, dataset, config.batch_size), total=len(dataset),
-                                desc="eval", unit="img", leave=False):
+    for i, labels, _, _ in progress_bar(segment_dataset(model, meta, dataset, config.batch_size), total=len(dataset),
+                                        desc="eval", unit="img", leave=False):
         matrix.update(labels, dataset.mask(i))
         if masks_out is not None:
             write_palette_png(masks_out / f"{dataset.ids[i]}.png", labels)

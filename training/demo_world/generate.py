@@ -9,11 +9,11 @@ from functools import partial
 from pathlib import Path
 
 import cv2
-from tqdm import tqdm
 
 from wsvs.runtime.config import dump_config, load_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import read_json, write_json
+from wsvs.runtime.progress import progress_bar
 
 from .config import WorldConfig
 from .layouts import annotation_path, video_path, web_listing, write_image, write_text, write_video
@@ -62,7 +62,7 @@ def _write_items(config: WorldConfig, out: Path, pending: list[ImagePlan | Video
     """Render and write the ``pending`` items in ``workers`` processes, with progress over all ``total``."""
     write_item = partial(_write_item, config=config, out=out)
     workers = min(workers or os.cpu_count() or 1, max(len(pending), 1))
-    with tqdm(total=total, initial=total - len(pending), desc="world", unit="item") as progress:
+    with progress_bar(total=total, initial=total - len(pending), desc="world", unit="item") as progress:
         if workers == 1:
             for plan in pending:
                 write_item(plan)
