@@ -155,12 +155,12 @@ class GraphMetadata(InferenceMetadata):
             raise InputError(path, f"graph metadata is incomplete ({exc})") from None
 
 
-def checkpoint_digest(folder: Path) -> str:
-    """SHA-256 of a checkpoint folder's weights then metadata file: what an exported graph records of the
-    checkpoint it came from."""
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint folder's weights then metadata file, or of a one-file checkpoint (``.pt``): what an
+    exported graph records of the checkpoint it came from."""
     digest = hashlib.sha256()
-    for name in (WEIGHTS_FILE, METADATA_FILE):
-        with open(folder / name, "rb") as file:
+    for file_path in [path] if path.is_file() else [path / WEIGHTS_FILE, path / METADATA_FILE]:
+        with open(file_path, "rb") as file:
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()

@@ -85,7 +85,7 @@ class LabelledImages:
 
 def label_images(model, meta, dataset, config: AdaptConfig, labels_out: Path) -> tuple[LabelledImages, dict]:
     """Label the split with the model, knowing each image's classes; returns the images and counts."""
-    from tqdm import tqdm
+    from wsvs.runtime.progress import progress_bar
 
     from .segment import segment_dataset
 
@@ -93,8 +93,8 @@ def label_images(model, meta, dataset, config: AdaptConfig, labels_out: Path) ->
     # the colour GMMs' foreground seeds are what the model calls foreground
     refinement = dataclasses.replace(config.refinement, attention_threshold=meta.foreground_threshold)
     counts = {"images": len(dataset), "class_masks": 0, "used": 0, "skipped_small": 0}
-    for i, labels, _, foreground in tqdm(segment_dataset(model, meta, dataset, use_image_labels=True),
-                                         total=len(dataset), desc="label images", unit="img", leave=False):
+    for i, labels, _, foreground in progress_bar(segment_dataset(model, meta, dataset, use_image_labels=True),
+                                                 total=len(dataset), desc="label images", unit="img", leave=False):
         present = np.flatnonzero(dataset.labels(i) > 0)
         labels = refine_labels(dataset.image(i), foreground, present, refinement)
         write_palette_png(labels_out / f"{dataset.ids[i]}.png", labels)
@@ -273,12 +273,14 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
 def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(AdaptConfig)}
     config = load_config(AdaptConfig, args.config, **overrides)
-    out, counts = adapt(args.model, args.data, args.out, config, resume=args.resume)
+    from .checkpoint import finish_training, training_folder
+
+    out, counts = adapt(args.model, args.data, training_folder(args.out), config, resume=args.resume)
     print(f"adapt: {counts['used']} class masks of {counts['images']} images used "
           f"({counts['skipped_small']} too small skipped, {counts['held_out_images']} images held out)")
     if "check" in counts:  # the process that judged the adaptation
         print(describe_check(counts["check"], out))
-        print(f"checkpoint: {out}")
+        print(f"checkpoint: {finish_training(out, args.out)}")
     return 0
 
 
@@ -306,7 +308,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "<out>/refused/ the adapted one). Writes a checkpoint to --out and the label maps to <out>/labels/.")
     p.add_argument("--model", type=Path, required=True, help="checkpoint folder with a trained decoder")
     p.add_argument("--data", type=Path, required=True, help="VOC-layout folder with image-level labels")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write, or X.pt for one file")
     p.add_argument("--config", type=Path, default=None, help="YAML with AdaptConfig keys")
     p.add_argument("--split", default=None, help="split to label and train on (default: train)")
     p.add_argument("--epochs", type=int, default=None)

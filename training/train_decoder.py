@@ -177,8 +177,7 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
                 executor: ExecutorConfig | None = None) -> tuple[Pairs, dict[str, Any]]:
     """Training pairs from the segmented videos (attention cached in ``cache_dir``, the missing videos'
     computed through ``executor``: by default in this process) and the counts of frames used and skipped."""
-    from tqdm import tqdm
-
+    from wsvs.runtime.progress import progress_bar
     from wsvs.runtime.video_masks import find_videos
 
     from .cam import FrameAttention
@@ -210,8 +209,8 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
         setup = functools.partial(FrameAttention.load_in_worker, model_dir, config.device,
                                   executor.threads_per_task())
         work = functools.partial(_cache_in_worker, masks_dir=masks_dir, max_side=config.max_side)
-        for _ in tqdm(map_unordered(work, missing, executor, setup), total=len(missing), desc="attention",
-                      unit="video", leave=False):
+        for _ in progress_bar(map_unordered(work, missing, executor, setup), total=len(missing), desc="attention",
+                              unit="video", leave=False):
             pass
 
     pairs = Pairs([], [])
@@ -250,7 +249,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainDecoderConfig)}
     config = load_config(TrainDecoderConfig, args.config, **overrides)
     executor = executor_from_args(args, args.workers)
-    out, counts = train_decoder(args.model, args.videos, args.masks, args.out, config, args.resume, executor)
+    from .checkpoint import finish_training, training_folder
+
+    folder, counts = train_decoder(args.model, args.videos, args.masks, training_folder(args.out), config,
+                                   args.resume, executor)
+    out = finish_training(folder, args.out)
     print(f"train-decoder: {counts['used']} of {counts['masked_frames']} masked frames used "
           f"({counts['skipped_empty']} nearly empty, {counts['skipped_full']} nearly full skipped); "
           f"checkpoint: {out}")
@@ -267,7 +270,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="encoder checkpoint folder (from train-encoder)")
     p.add_argument("--videos", type=Path, required=True, help="the videos folder given to segment-videos")
     p.add_argument("--masks", type=Path, required=True, help="the --out folder of segment-videos")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write, or X.pt for one file")
     p.add_argument("--config", type=Path, default=None, help="YAML with TrainDecoderConfig keys")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)

@@ -143,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(TrainEncoderConfig, args.config, **overrides)
     if not args.data.is_dir():
         raise InputError(args.data, "data folder not found")
-    out = train_encoder(args.data, args.out, config, resume=args.resume)
-    print(f"encoder checkpoint: {out}")
+    from .checkpoint import finish_training, training_folder
+
+    folder = train_encoder(args.data, training_folder(args.out), config, resume=args.resume)
+    print(f"encoder checkpoint: {finish_training(folder, args.out)}")
     return 0
 
 
@@ -155,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "VOC-layout image set (paper §3.1, Eq. 1). Writes model.safetensors + model.json after every epoch; "
         "--resume continues after a kill.")
     p.add_argument("--data", type=Path, required=True, help="VOC-layout folder (JPEGImages, ImageSets, labels)")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder, or X.pt for one file")
     p.add_argument("--config", type=Path, default=None, help="YAML with TrainEncoderConfig keys")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--width", type=float, default=None, help="channel multiplier (1 = VGG-16, the paper)")
