@@ -46,8 +46,12 @@ class ExportConfig:
 
 
 def default_onnx_path(model: Path, precision: str) -> Path:
-    folder = model.parent if model.suffix == ".safetensors" else model
-    return folder / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+    """Inside a checkpoint folder ``model.onnx``; beside a ``X.pt`` ``X.onnx`` (``.fp16``/``.int8`` before it)."""
+    from wsvs.training.checkpoint import is_pt
+
+    folder, stem = (model.parent, model.stem) if is_pt(model) else (
+        model.parent if model.suffix == ".safetensors" else model, "model")
+    return folder / (f"{stem}.onnx" if precision == "fp32" else f"{stem}.{precision}.onnx")
 
 
 def verification_shapes(profile) -> list[tuple[int, int, int, int]]:
@@ -80,7 +84,7 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     from wsvs.runtime import cuda_api
     from wsvs.runtime.contract import checkpoint_digest
     from wsvs.runtime.io import image_files
-    from wsvs.training.checkpoint import checkpoint_files, load_checkpoint
+    from wsvs.training.checkpoint import checkpoint_files, is_pt, load_checkpoint
 
     from . import onnx_export, tensorrt_build
 
@@ -88,7 +92,8 @@ def export(model_path: Path, onnx_path: Path | None, engine_path: Path | None, c
     if config.precision not in PRECISIONS:
         raise InputError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     model, meta = load_checkpoint(model_path)
-    digest = checkpoint_digest(checkpoint_files(model_path)[0].parent)
+    weights = checkpoint_files(model_path)[0]
+    digest = checkpoint_digest(weights if is_pt(weights) else weights.parent)
     side = meta.input_size
     profile = tensorrt_build.ShapeProfile(tuple(config.min_shapes), tuple(config.opt_shapes or (1, 3, side, side)),
                                           tuple(config.max_shapes))
@@ -236,13 +241,14 @@ HELP = "checkpoint -> ONNX graphs (fp32/fp16/int8) and TensorRT engines, verifie
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `wsvs export` and `wsvs-export`: one definition for both."""
-    parser.add_argument("--model", type=Path, default=None, metavar="DIR",
-                        help="checkpoint folder (or its model.safetensors)")
+    parser.add_argument("--model", type=Path, default=None, metavar="MODEL",
+                        help="checkpoint: a folder (or its model.safetensors) or a one-file X.pt")
     # The model was once a positional argument; `wsvs-export MODEL ...` keeps working.
     parser.add_argument("model_positional", nargs="?", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, metavar="OUT.onnx",
                         help="segmenter graph path; .encoder.onnx/.decoder.onnx go beside it "
-                        "(default: MODEL/model.onnx, or model.fp16.onnx / model.int8.onnx)")
+                        "(default: MODEL/model.onnx, or model.fp16.onnx / model.int8.onnx; X.onnx beside X.pt)")
+    parser.add_argument("--onnx", dest="out", type=Path, default=None, help=argparse.SUPPRESS)  # older name
     parser.add_argument("--out-engine", dest="out_engine", type=Path, default=None, metavar="OUT.engine",
                         help="also build TensorRT engines here; .encoder.engine/.decoder.engine go beside it "
                         "(needs tensorrt and an NVIDIA GPU)")
@@ -290,7 +296,7 @@ def model_argument(args: argparse.Namespace) -> Path:
         raise InputError(None, f"two models given: --model {args.model} and {args.model_positional}")
     model = args.model if args.model is not None else args.model_positional
     if model is None:
-        raise InputError(None, "no model: pass --model DIR (a checkpoint folder)")
+        raise InputError(None, "no model: pass --model MODEL (a checkpoint folder or X.pt)")
     return model
 
 
