@@ -170,10 +170,12 @@ def check_exported_from(graph: Path, props: Mapping[str, str]) -> None:
     """Refuse a graph (or engine) that sits beside a checkpoint it was not exported from: new weights beside an
     older export, or a damaged checkpoint, would otherwise be run as the old graph without a word."""
     folder = graph.parent
-    files = [folder / WEIGHTS_FILE, folder / METADATA_FILE]
+    pt = folder / f"{graph.name.split('.')[0]}.pt"  # X.onnx, X.encoder.onnx, X.fp16.onnx... beside X.pt
+    checkpoint = pt if pt.is_file() else folder
+    files = [pt] if pt.is_file() else [folder / WEIGHTS_FILE, folder / METADATA_FILE]
     if not any(path.exists() for path in files):
         return  # a graph on its own: nothing it could be stale against
-    redo = f"re-export it (wsvs export --model {folder}) or run the checkpoint (--backend pytorch-eager)"
+    redo = f"re-export it (wsvs export --model {checkpoint}) or run the checkpoint (--backend pytorch-eager)"
     missing = [path.name for path in files if not path.is_file()]
     if missing:
         raise InputError(folder, f"checkpoint beside {graph.name} lacks {', '.join(missing)}")
@@ -181,15 +183,16 @@ def check_exported_from(graph: Path, props: Mapping[str, str]) -> None:
     if recorded is None:
         raise InputError(graph, f"records no checkpoint digest (an older export), so it cannot be checked against "
                                 f"the checkpoint beside it: {redo}")
-    if checkpoint_digest(folder) != recorded:
-        try:
-            json.loads((folder / METADATA_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(folder / METADATA_FILE, f"not valid JSON ({exc}); {graph.name} beside it is not "
-                                                     "run") from None
-        raise InputError(graph, f"was exported from another checkpoint than the {WEIGHTS_FILE} and "
-                                f"{METADATA_FILE} beside it (a stale export, or a changed or damaged checkpoint): "
-                                f"{redo}")
+    if checkpoint_digest(checkpoint) != recorded:
+        if checkpoint == folder:
+            try:
+                json.loads((folder / METADATA_FILE).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(folder / METADATA_FILE, f"not valid JSON ({exc}); {graph.name} beside it is not "
+                                                         "run") from None
+        names = " and ".join(path.name for path in files)
+        raise InputError(graph, f"was exported from another checkpoint than the {names} beside it (a stale export, "
+                                f"or a changed or damaged checkpoint): {redo}")
 
 
 def present_classes(scores: np.ndarray, class_threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import torch
 from test_export_onnx import save_tiny_checkpoint
 
 from wsvs.export import cli
+from wsvs.runtime.errors import InputError
 from wsvs.training.checkpoint import (
     PT_METADATA,
     PT_WEIGHTS,
@@ -88,3 +89,12 @@ def test_export_of_a_pt_writes_verified_graphs_beside_it(folder, tmp_path, capsy
     # --onnx, the older spelling of --out
     assert cli.main(["--model", str(pt), "--onnx", str(tmp_path / "old" / "m.onnx"), "--no-verify"]) == 0
     assert (tmp_path / "old" / "m.encoder.onnx").is_file()
+    # the runtime runs the graphs beside the .pt they came from, and refuses them beside a changed one
+    from wsvs.runtime.backends import open_backend
+
+    open_backend(tmp_path / "model.onnx", "segmenter", "ort-cpu")
+    meta.class_threshold = 0.9
+    save_checkpoint(pt, model, meta)
+    with pytest.raises(InputError, match=r"model\.encoder\.onnx: was exported from another checkpoint than the "
+                                         r"model\.pt beside it"):
+        open_backend(tmp_path / "model.onnx", "encoder", "ort-cpu")
