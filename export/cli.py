@@ -253,6 +253,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also build TensorRT engines here; .encoder.engine/.decoder.engine go beside it "
                         "(needs tensorrt and an NVIDIA GPU)")
     parser.add_argument("--engine", dest="out_engine", type=Path, default=None, help=argparse.SUPPRESS)  # older name
+    parser.add_argument("--format", choices=("onnx", "triton"), default="onnx",
+                        help="onnx: the graphs (and engines with --out-engine); triton: a Triton model repository "
+                        "at --out REPO (REPO/NAME/config.pbtxt, 1/model.onnx, labels.txt)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="graph precision (default fp32)")
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of calibration images (needed for int8; also used for --verify)")
@@ -311,7 +314,25 @@ def run(args: argparse.Namespace) -> int:
                          verify=args.verify, atol=args.atol, rtol=args.rtol, min_agreement=args.min_agreement,
                          min_label_agreement=args.min_label_agreement,
                          **shapes)
+    if args.format == "triton":
+        return export_triton(model_argument(args), args.out, args.calib, config)
     return export(model_argument(args), args.out, args.out_engine, args.calib, args.timing_cache, config)
+
+
+def export_triton(model: Path, repo: Path | None, calib: Path | None, config: ExportConfig) -> int:
+    """The verified ONNX segmenter graph as a Triton model repository at ``repo`` (a model named after the
+    checkpoint); returns the exit code."""
+    from . import triton
+
+    if repo is None:
+        raise InputError(None, "--format triton needs --out REPO (the model repository folder)")
+    name = model.stem if model.suffix == ".pt" else (model.parent if model.suffix == ".safetensors" else model).name
+    with tempfile.TemporaryDirectory(prefix="wsvs-triton-") as scratch:
+        graph = Path(scratch) / "model.onnx"
+        code = export(model, graph, None, calib, None, config)
+        if code == 0:
+            print(f"wrote the Triton model {triton.write_repository(graph, repo, name, config.max_shapes[0])}")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
