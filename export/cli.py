@@ -315,6 +315,9 @@ def run(args: argparse.Namespace) -> int:
                          min_label_agreement=args.min_label_agreement,
                          **shapes)
     if args.format == "triton":
+        if args.out_engine is not None:
+            raise InputError(args.out_engine, "--format triton writes the ONNX graph (onnxruntime_onnx); an engine "
+                                              "repository (tensorrt_plan) is not supported")
         return export_triton(model_argument(args), args.out, args.calib, config)
     return export(model_argument(args), args.out, args.out_engine, args.calib, args.timing_cache, config)
 

@@ -56,3 +56,5 @@ def test_triton_repository_parses_and_matches_the_graph(pt, tmp_path, precision)
 def test_triton_needs_an_output_folder(pt, capsys):
     assert cli.main(["--model", str(pt), "--format", "triton", "--no-verify"]) == 2
     assert "--format triton needs --out REPO" in capsys.readouterr().err
+    assert cli.main(["--model", str(pt), "--format", "triton", "--out", "repo", "--out-engine", "m.engine"]) == 2
+    assert "tensorrt_plan) is not supported" in capsys.readouterr().err
