@@ -98,3 +98,23 @@ def test_export_of_a_pt_writes_verified_graphs_beside_it(folder, tmp_path, capsy
     with pytest.raises(InputError, match=r"model\.encoder\.onnx: was exported from another checkpoint than the "
                                          r"model\.pt beside it"):
         open_backend(tmp_path / "model.onnx", "encoder", "ort-cpu")
+
+
+@pytest.mark.model
+def test_train_to_pt_resume_export_and_verify(world_dir, tmp_path, capsys):
+    """train-encoder --out X.pt (then --resume to one more epoch) -> one file -> wsvs-export X.pt -> verified graphs."""
+    from wsvs.runtime.cli import main
+
+    ids = (world_dir / "images" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:16]
+    (tmp_path / "split.txt").write_text("\n".join(ids) + "\n")
+    (tmp_path / "config.yaml").write_text(f"train_split: {tmp_path / 'split.txt'}\n")
+    pt = tmp_path / "encoder.pt"
+    train = ["train-encoder", "--data", str(world_dir / "images"), "--out", str(pt), "--config",
+             str(tmp_path / "config.yaml"), "--width", "0.125", "--batch-norm", "--input-size", "64"]
+    assert main([*train, "--epochs", "1"]) == 0
+    assert main([*train, "--epochs", "2", "--resume"]) == 0
+    history = load_checkpoint(pt)[1].extra["encoder_training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    capsys.readouterr()
+    assert cli.main([str(pt)]) == 0 and "verification passed" in capsys.readouterr().out
+    assert {"encoder.onnx", "encoder.encoder.onnx", "encoder.decoder.onnx"} <= {p.name for p in tmp_path.iterdir()}
