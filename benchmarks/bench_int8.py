@@ -18,15 +18,20 @@ from bench_runtime import tiny_model
 
 from wsvs.export import quantize
 from wsvs.runtime.backends import open_backend
+from wsvs.runtime.bench import device_name, versions
+from wsvs.runtime.contract import GraphMetadata
 from wsvs.runtime.preprocess import normalise
 from wsvs.runtime.timing import synthetic_images, time_calls
-from wsvs.training.bench import device_name, graph_metadata, versions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def integers(text: str) -> tuple[int, ...]:
     return tuple(int(value) for value in text.split(","))
+
+
+def graph_metadata(path: Path) -> GraphMetadata:
+    return GraphMetadata.from_props(open_backend(path, "segmenter", "ort-cpu").metadata, path)
 
 
 def graphs(folder: Path) -> dict[str, Path]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsvs.runtime import __version__
+from wsvs.runtime.contract import DEFAULT_TOP_K
 from wsvs.runtime.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -30,7 +31,7 @@ class ExportConfig:
 
     precision: str = "fp32"
     opset: int = 17
-    top_k: int = 3  # classes per image that go through the decoder (a static shape for TensorRT)
+    top_k: int = DEFAULT_TOP_K
     # The engines' profile covers what the runtime feeds them: images at their own sizes from 32 px a side (the
     # image segmenter's smallest), 320x180 video frames, and up to 8 images of up to 1024x1024 per call (the image
     # segmenter's default batch; larger images are fitted into the profile by the runtime).

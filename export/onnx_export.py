@@ -14,12 +14,11 @@ import onnx
 import torch
 
 from wsvs.runtime.contract import GraphMetadata, ModelMetadata
-from wsvs.training.graphs import DECODER_OUTPUTS, ENCODER_OUTPUTS, SEGMENTER_OUTPUTS, graph_modules
+from wsvs.training.graphs import OUTPUT_NAMES, graph_modules
 from wsvs.training.models import WSVSModel
 
 GRAPHS = ("segmenter", "encoder", "decoder")
 INPUT_NAMES = {"segmenter": "images", "encoder": "images", "decoder": "attention"}
-OUTPUT_NAMES = {"segmenter": SEGMENTER_OUTPUTS, "encoder": ENCODER_OUTPUTS, "decoder": DECODER_OUTPUTS}
 
 
 @dataclass(frozen=True)

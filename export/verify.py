@@ -23,10 +23,8 @@ import torch
 from wsvs.runtime.contract import ModelMetadata, labels_from_foreground
 from wsvs.runtime.io import image_files, read_image_rgb
 from wsvs.runtime.preprocess import resize_rgb
-from wsvs.training.graphs import DecoderGraph, EncoderGraph
+from wsvs.training.graphs import OUTPUT_NAMES, DecoderGraph, EncoderGraph
 from wsvs.training.models import WSVSModel, multiscale_attention
-
-from .onnx_export import OUTPUT_NAMES
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,32 @@
-"""Inference backends for the exported graphs: ONNX Runtime (CPU or CUDA provider) and TensorRT engines.
+"""Inference backends, in one table (``BACKENDS``): TensorRT engines, ONNX Runtime (CUDA or CPU provider) and the
+checkpoint itself in PyTorch eager mode.
 
-A model is a folder holding ``model.onnx`` (end-to-end segmenter), ``model.encoder.onnx`` and
-``model.decoder.onnx`` (and, when built, ``model*.engine`` with JSON sidecars), or the path of one of
-those segmenter files; the encoder and decoder graphs sit beside it. Every backend takes a float32 NCHW
-array and returns the graph's outputs by name, with the graph's metadata (class names, mean, std, ...).
+A model is a checkpoint (folder with ``model.safetensors`` + ``model.json``, or one ``X.pt``) and the graphs exported
+beside it (``X.onnx`` the end-to-end segmenter, ``X.encoder.onnx`` and ``X.decoder.onnx`` for videos, ``X*.engine``
+with JSON sidecars), named by any of those paths. Every backend takes a float32 NCHW array and returns the graph's
+outputs by name, with the graph's metadata (class names, mean, std, ...), so every caller (`wsvs segment`, `bench`,
+`doctor`, `export --verify`, the Python API) runs images and videos on any of them alike.
 
-``tensorrt`` and ``cuda.bindings`` (through ``cuda_api``) are imported only when a TensorRT backend is opened,
-so this module works on a machine that has neither.
+Adding a backend is one module (a ``Backend`` subclass) and one row of ``BACKENDS``. ``tensorrt``, ``cuda.bindings``
+and torch are imported only when their backend is opened, so this module works on a machine that has none of them.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import cuda_api
-from .contract import check_exported_from
-from .errors import InputError, first_line
+from .contract import METADATA_FILE, check_exported_from
+from .errors import InputError, StaleExportError, first_line
 from .io import read_json
 
-BACKENDS = ("tensorrt", "ort-cuda", "ort-cpu")  # fastest first: the order "auto" tries them in
-# The checkpoint run by PyTorch itself (training extra): the name `wsvs segment` and `wsvs bench` give it.
-EAGER = "pytorch-eager"
 GRAPH_SUFFIX = {"segmenter": "", "encoder": ".encoder", "decoder": ".decoder"}
 # Graph input shapes change from call to call (images at their own sizes): cuDNN's default exhaustive search would
 # benchmark every convolution again for each new shape; its heuristic picks an algorithm without running any.
@@ -57,7 +59,7 @@ def graph_file(model: str | Path, graph: str, suffix: str) -> Path:
 class Backend(ABC):
     """One loaded graph on one backend."""
 
-    name: str  # one of BACKENDS
+    name: str  # its row in BACKENDS
     path: Path
     metadata: dict[str, str]  # the graph's metadata_props as strings: contract.GraphMetadata.from_props parses them
     max_batch: int | None = None  # the largest batch one call accepts; None: any
@@ -99,6 +101,7 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(path, "the CUDA provider failed to start (no usable GPU or CUDA libraries)")
         self.name, self.path, self.version = name, path, ort.__version__
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        check_exported_from(path, self.metadata)
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
@@ -142,6 +145,7 @@ class TensorRTBackend(Backend):
         check_engine_sidecar(path, sidecar, trt.__version__, cuda_api.device_name())
         self.path = path
         self.metadata = dict(sidecar.get("metadata", {}))
+        check_exported_from(path, self.metadata)
         try:
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         except TypeError as exc:  # "factory function returned nullptr": TensorRT could not start CUDA
@@ -201,32 +205,139 @@ class TensorRTBackend(Backend):
             self.stream.close()
 
 
+def checkpoint_path(model: str | Path) -> Path:
+    """The checkpoint a model path stands for: the path itself for a folder, ``X.pt`` or ``model.safetensors``;
+    beside an exported graph ``X.onnx`` / ``X.engine`` (and ``X.encoder.onnx``, ...), ``X.pt``, else the folder."""
+    model = Path(model)
+    if model.is_dir() or model.suffix in (".pt", ".safetensors"):
+        return model.parent if model.suffix == ".safetensors" else model
+    pt = model.parent / f"{model.name.split('.')[0]}.pt"
+    return pt if pt.is_file() else model.parent
+
+
+def _has_checkpoint(path: Path) -> bool:
+    return path.is_file() if path.suffix == ".pt" else (path / METADATA_FILE).is_file()
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # sys.modules[module] is None: imports of it are blocked
+        return False
+
+
+def _tensorrt_unavailable() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return f"TensorRT is not installed ({cuda_api.INSTALL})"
+    except Exception as error:  # a broken install raises while loading its libraries
+        return f"TensorRT does not load ({first_line(error)})"
+    try:
+        cuda_api.device_name()
+    except cuda_api.CudaError as error:
+        return str(error)
+    return None
+
+
+def _ort_unavailable(provider: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        try:
+            providers = import_onnxruntime().get_available_providers()
+        except InputError as error:
+            return str(error)
+        return None if provider in providers else f"this ONNX Runtime has no {provider}"
+
+    return check
+
+
+def _eager_unavailable() -> str | None:
+    return None if importable("torch") else "PyTorch is not installed (pip install 'wsvs[train]')"
+
+
+def _open_eager(model: str | Path, graph: str, threads: int) -> Backend:
+    # The one backend that needs torch, which the runtime never imports: its module is loaded only when opened.
+    eager = importlib.import_module("wsvs.training.eager")
+    return eager.EagerBackend(checkpoint_path(model), graph, threads)
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One row of ``BACKENDS``: what a backend runs and how to open it."""
+
+    name: str
+    summary: str  # what it runs, for --help and `wsvs doctor`
+    file: Callable[[str | Path, str], Path]  # (model, graph) -> the file it loads
+    open: Callable[[str | Path, str, int], Backend]  # (model, graph, intra-op threads; 0: the library's default)
+    unavailable: Callable[[], str | None]  # why this machine cannot run it at all, None when it may
+
+
+# Every backend, fastest first: the order "auto" tries them in.
+BACKENDS: dict[str, BackendEntry] = {entry.name: entry for entry in (
+    BackendEntry("tensorrt", "TensorRT engine X.engine built on this machine (wsvs export --out-engine)",
+                 lambda model, graph: graph_file(model, graph, ".engine"),
+                 lambda model, graph, threads: TensorRTBackend(graph_file(model, graph, ".engine")),
+                 _tensorrt_unavailable),
+    BackendEntry("ort-cuda", "ONNX graph X.onnx on ONNX Runtime's CUDA provider (onnxruntime-gpu)",
+                 lambda model, graph: graph_file(model, graph, ".onnx"),
+                 lambda model, graph, threads: OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), "ort-cuda",
+                                                                  threads),
+                 _ort_unavailable("CUDAExecutionProvider")),
+    BackendEntry("ort-cpu", "ONNX graph X.onnx on ONNX Runtime's CPU provider",
+                 lambda model, graph: graph_file(model, graph, ".onnx"),
+                 lambda model, graph, threads: OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), "ort-cpu",
+                                                                  threads),
+                 _ort_unavailable("CPUExecutionProvider")),
+    BackendEntry("pytorch-eager", "the checkpoint (folder or X.pt) in PyTorch (the train extra), on CUDA if it can",
+                 lambda model, graph: checkpoint_path(model), _open_eager, _eager_unavailable),
+)}
+EAGER = "pytorch-eager"  # the baseline `wsvs bench` compares the others with
+ALIASES = {"pytorch": EAGER}  # names users had
+
+
+def backend_name(text: str) -> str:
+    """A backend name as given on a command line: "auto", a row of ``BACKENDS`` or an alias of one."""
+    name = ALIASES.get(text, text)
+    if name != "auto" and name not in BACKENDS:
+        raise InputError(None, f"unknown backend {text!r} (choose auto, {', '.join(BACKENDS)})")
+    return name
+
+
+def backends_help() -> str:
+    """The backends for --help: "auto" and the table's rows in auto's order."""
+    return f"auto (default): the first of {', '.join(BACKENDS)} that opens the model"
+
+
 def open_backend(model: str | Path, graph: str, name: str, threads: int = 0) -> Backend:
-    """Load ``graph`` of ``model`` on the backend ``name`` (one of BACKENDS). A graph beside a checkpoint other
-    than the one it was exported from is refused (``contract.check_exported_from``)."""
-    if name == "tensorrt":
-        backend: Backend = TensorRTBackend(graph_file(model, graph, ".engine"))
-    elif name in _ORT_PROVIDERS:
-        backend = OnnxRuntimeBackend(graph_file(model, graph, ".onnx"), name, threads)
-    else:
-        raise InputError(None, f"unknown backend {name!r} (choose auto, {', '.join(BACKENDS)})")
-    check_exported_from(backend.path, backend.metadata)
-    return backend
+    """Load ``graph`` ("segmenter", "encoder", "decoder") of ``model`` on the backend ``name`` (a row of
+    BACKENDS). Exported graphs beside a checkpoint other than the one they came from are refused
+    (``contract.check_exported_from``)."""
+    return BACKENDS[backend_name(name)].open(model, graph, threads)
 
 
 def select_backend(name: str, model: str | Path, graph: str = "segmenter", threads: int = 0) -> Backend:
-    """``name`` is a backend, or "auto": the fastest that loads here (TensorRT, then ONNX Runtime CUDA, then
-    CPU). The returned backend's ``selection`` says which one auto chose and why the faster ones were skipped."""
-    if name != "auto":
+    """``name`` is a backend, or "auto": the first of BACKENDS whose file for ``model`` is there and loads here.
+    The returned backend's ``selection`` says which one auto chose and why the ones before it were skipped; when
+    none loads, the error is that of the last backend whose file was there. A stale export is an error at once."""
+    if backend_name(name) != "auto":
         return open_backend(model, graph, name, threads)
-    skipped = []
-    for candidate in BACKENDS[:-1]:
+    skipped: list[str] = []
+    failure: InputError | None = None
+    for entry in BACKENDS.values():
+        path = entry.file(model, graph)
+        if not (path.is_file() or _has_checkpoint(path)):
+            skipped.append(f"{entry.name} unavailable (no {path.name})")
+            continue
         try:
-            backend = open_backend(model, graph, candidate, threads)
-            break
+            backend = entry.open(model, graph, threads)
+        except StaleExportError:
+            raise  # the model's files disagree: running another backend's would hide it
         except InputError as exc:
-            skipped.append(f"{candidate} unavailable ({exc})")
-    else:
-        backend = open_backend(model, graph, BACKENDS[-1], threads)
-    backend.selection = "; ".join([f"backend auto: {backend.describe()}", *skipped])
-    return backend
+            skipped.append(f"{entry.name} unavailable ({exc})")
+            failure = exc
+            continue
+        backend.selection = "; ".join([f"backend auto: {backend.describe()}", *skipped])
+        return backend
+    raise failure or InputError(model, "no exported graph or checkpoint here (export one with: wsvs-export "
+                                       "CHECKPOINT.pt, or give a checkpoint)")

@@ -40,8 +40,8 @@ COMMANDS: list[tuple[str, tuple[str, ...]]] = [
     ("wsvs.training.evaluate", ("evaluate",)),
     ("wsvs.training.pipeline", ("train", "demo")),
     ("wsvs.export.cli", ("export",)),
-    ("wsvs.training.segment", ("segment",)),
-    ("wsvs.training.bench", ("bench",)),
+    ("wsvs.runtime.segment", ("segment",)),
+    ("wsvs.runtime.bench", ("bench",)),
     ("wsvs.runtime.doctor", ("doctor",)),
 ]
 

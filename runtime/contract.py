@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, StaleExportError
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"  # a checkpoint folder's two files
@@ -30,6 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_RANGE = ("float32 (N, 3, H, W) RGB: pixel / 255, minus mean, divided by std, per channel "
                "(wsvs.runtime.preprocess.normalise)")
 DECODER_INPUT_RANGE = "float32 (N, 1, H, W) attention in [0, 1]"
+DEFAULT_TOP_K = 3  # classes per image that go through the decoder (a static shape in exported graphs)
 
 
 @dataclass
@@ -178,21 +179,21 @@ def check_exported_from(graph: Path, props: Mapping[str, str]) -> None:
     redo = f"re-export it (wsvs export --model {checkpoint}) or run the checkpoint (--backend pytorch-eager)"
     missing = [path.name for path in files if not path.is_file()]
     if missing:
-        raise InputError(folder, f"checkpoint beside {graph.name} lacks {', '.join(missing)}")
+        raise StaleExportError(folder, f"checkpoint beside {graph.name} lacks {', '.join(missing)}")
     recorded = props.get("checkpoint_sha256")
     if recorded is None:
-        raise InputError(graph, f"records no checkpoint digest (an older export), so it cannot be checked against "
-                                f"the checkpoint beside it: {redo}")
+        raise StaleExportError(graph, "records no checkpoint digest (an older export), so it cannot be checked "
+                                      f"against the checkpoint beside it: {redo}")
     if checkpoint_digest(checkpoint) != recorded:
         if checkpoint == folder:
             try:
                 json.loads((folder / METADATA_FILE).read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(folder / METADATA_FILE, f"not valid JSON ({exc}); {graph.name} beside it is not "
-                                                         "run") from None
+                raise StaleExportError(folder / METADATA_FILE, f"not valid JSON ({exc}); {graph.name} beside it is not "
+                                                               "run") from None
         names = " and ".join(path.name for path in files)
-        raise InputError(graph, f"was exported from another checkpoint than the {names} beside it (a stale export, "
-                                f"or a changed or damaged checkpoint): {redo}")
+        raise StaleExportError(graph, f"was exported from another checkpoint than the {names} beside it (a stale "
+                                      f"export, or a changed or damaged checkpoint): {redo}")
 
 
 def present_classes(scores: np.ndarray, class_threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """`wsvs doctor`: what this machine can run, and for each part that it cannot, why.
 
 One line per part of the GPU stack (Python, numpy, ONNX Runtime and its providers, the CUDA driver and GPU, NVRTC,
-TensorRT, CuPy), then the backend that ``--backend auto`` picks and why the faster ones are skipped: from what is
-installed, or, with ``--model``, by opening the model the way ``wsvs segment`` does. Torch-free, like the rest of the
+TensorRT, CuPy), then one line per backend of ``wsvs.runtime.backends.BACKENDS`` (whether this machine can run it,
+and why not), the order ``--backend auto`` tries them in, and with ``--model`` the one it picks for that model, by
+opening it the way ``wsvs segment`` does. Torch-free, like the rest of the
 runtime; every probe catches its own failure, so the report is complete on any machine.
 """
 
@@ -16,8 +17,10 @@ from importlib import metadata
 from pathlib import Path
 
 from . import cuda_api
-from .backends import import_onnxruntime, select_backend
+from .backends import BACKENDS, import_onnxruntime, select_backend
 from .errors import InputError, first_line
+
+NAME_WIDTH = 22  # the first column: "backend pytorch-eager" fits
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Check:
     detail: str
 
     def line(self) -> str:
-        return f"{self.name:12s} {'yes' if self.usable else 'no '}  {self.detail}"
+        return f"{self.name:{NAME_WIDTH}s} {'yes' if self.usable else 'no '}  {self.detail}"
 
 
 def installed_version(distribution: str) -> str | None:
@@ -90,50 +93,47 @@ def check_cupy() -> Check:
     return Check("cupy", True, cupy.__version__)
 
 
-def auto_choice(onnxruntime: Check, providers: list[str], gpu: Check, tensorrt: Check) -> str:
-    """The backend "auto" picks given what is installed, and why the faster ones are skipped."""
-    cuda_provider = "CUDAExecutionProvider" in providers
-    if gpu.usable and tensorrt.usable:
-        fallback = "ort-cuda" if cuda_provider else "ort-cpu"
-        return f"tensorrt for a model with engines built on this machine (wsvs export --out-engine), else {fallback}"
-    skipped = ["tensorrt is not usable" if gpu.usable else "tensorrt and ort-cuda need a usable CUDA driver and GPU"]
-    if gpu.usable and cuda_provider:
-        return "; ".join(["ort-cuda", *skipped])
-    if gpu.usable:
-        skipped.append("ort-cuda: this ONNX Runtime has no CUDA provider")
-    if onnxruntime.usable:
-        return "; ".join(["ort-cpu", *skipped])
-    return "; ".join(["none: no backend can run (install wsvs[cpu] at least)", *skipped])
+def backend_checks() -> list[Check]:
+    """One check per row of ``BACKENDS``, in auto's order: whether this machine can run it at all."""
+    checks = []
+    for entry in BACKENDS.values():
+        why = entry.unavailable()
+        checks.append(Check(entry.name, why is None, entry.summary if why is None else why))
+    return checks
 
 
 def report(model: Path | None) -> tuple[list[str], bool]:
     """The report's lines, and whether some backend can run."""
     import numpy
 
-    onnxruntime, providers = check_onnxruntime()
-    gpu, tensorrt = check_gpu(), check_tensorrt()
+    onnxruntime, _ = check_onnxruntime()
+    gpu = check_gpu()
     checks = [
         Check("python", True, f"{platform.python_version()} ({sys.executable})"),
         Check("numpy", True, numpy.__version__),
         onnxruntime,
         gpu,
         check_nvrtc(),
-        tensorrt,
+        check_tensorrt(),
         check_cupy(),
     ]
     lines = [check.line() for check in checks]
     if gpu.usable:
         major = int(cuda_api.driver_version().split(".")[0])
         extra = "gpu-cu13" if major >= 13 else "gpu-cu12"
-        lines.append(f"{'extra':12s} this driver runs CUDA {major}: pip install 'wsvs[{extra}]'")
-    lines.append(f"{'auto':12s} {auto_choice(onnxruntime, providers, gpu, tensorrt)}")
+        lines.append(f"{'extra':{NAME_WIDTH}s} this driver runs CUDA {major}: pip install 'wsvs[{extra}]'")
+    backends = backend_checks()
+    lines += [Check(f"backend {check.name}", check.usable, check.detail).line() for check in backends]
+    usable = [check.name for check in backends if check.usable]
+    order = ", ".join(usable) or "nothing: no backend can run here"
+    lines.append(f"{'auto':{NAME_WIDTH}s} tries {order} in this order (the first whose file the model has)")
     if model is not None:
         try:
-            lines.append(f"{'model':12s} {select_backend('auto', model).selection}")
+            lines.append(f"{'model':{NAME_WIDTH}s} {select_backend('auto', model).selection}")
         except InputError as error:
-            lines.append(f"{'model':12s} no backend opens it: {error}")
+            lines.append(f"{'model':{NAME_WIDTH}s} no backend opens it: {error}")
             return lines, False
-    return lines, onnxruntime.usable
+    return lines, bool(usable)
 
 
 HELP = "what this machine can run (ONNX Runtime providers, CUDA, NVRTC, TensorRT) and which backend auto picks"

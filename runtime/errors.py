@@ -25,6 +25,10 @@ class InputError(Exception):
         return InputError, (self.path, self.problem)
 
 
+class StaleExportError(InputError):
+    """An exported graph beside a checkpoint other than the one it came from: never skipped over by ``auto``."""
+
+
 class IncompleteError(Exception):
     """A long job stopped before its end (a site's rate limit, a spent budget, network errors); its finished work
     is kept and rerunning the same command resumes it. The message says why, on one line."""

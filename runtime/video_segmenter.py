@@ -17,7 +17,9 @@ Outputs: ``<out>/masks/<index>.png`` (VOC-palette label map per decoded frame, a
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -135,45 +137,66 @@ class VideoSegmenter:
         masks, _ = segment_frames(np.stack(small), np.stack([a[best] for a in attention]), self.videoseg)
         return (masks * (best + 1)).astype(np.uint8)
 
+    def labelled(self, frames: Iterable[np.ndarray]) -> Iterator[LabelledFrame]:
+        """Each (H, W, 3) uint8 RGB frame of ``frames`` with its labels at the frame's size and its class
+        probabilities, in order, as soon as its batch (or refinement window) is complete."""
+        stream = _LabelledStream(self)
+        for frame in frames:
+            stream.add(frame, working_size(*frame.shape[:2], self.long_side, self.limits))
+            yield from stream.take()
+        stream.flush()
+        yield from stream.take()
+
     def segment(self, source: str | Path | int, out: Path, max_frames: int | None = None) -> dict:
-        """Segment every frame of ``source`` (file or camera index) into ``out``; returns the summary it
-        writes to ``<out>/summary.json``. A corrupt packet is skipped; a damaged file ends the run cleanly."""
+        """Segment every frame of ``source`` (file or camera index) into ``out``: ``masks/<index>.png``,
+        ``overlay.mp4`` and ``summary.json``, whose content it returns. A corrupt packet is skipped; a damaged file
+        ends the run cleanly."""
         name = None if isinstance(source, int) else Path(source)
         if name is not None:
             check_frame_size(name, self.max_pixels)
         reader = VideoReader(source, tolerant=True)
         started = time.perf_counter()
+        written = 0
         with atomic_path(out / "overlay.mp4") as overlay_path, \
                 progress_bar(desc="segment video", unit="frame", leave=False) as progress:
-            stream = _LabelledStream(self, out / "masks", OverlayWriter(overlay_path, FALLBACK_RATE))
-            for frame in reader:
-                stream.overlays.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
-                stream.add(frame, working_size(*frame.shape[:2], self.long_side, self.limits))
+            overlays = OverlayWriter(overlay_path, FALLBACK_RATE)
+            for result in self.labelled(itertools.islice(reader, max_frames)):
+                overlays.fps = reader.fps or FALLBACK_RATE  # known once the stream is open
+                write_palette_png(out / "masks" / f"{written:06d}.png", result.labels)
+                overlays.write(overlay(result.frame, result.labels))
+                written += 1
                 progress.update(1)
-                if max_frames is not None and stream.written + len(stream.pending.frames) >= max_frames:
-                    break
-            stream.finish()
-            if stream.written == 0:
+            overlays.close()
+            if written == 0:
                 raise InputError(name, "no frame could be decoded")
         seconds = time.perf_counter() - started
-        summary = {"source": str(source), "frames": stream.written, "corrupt_packets": reader.corrupt,
-                   "stopped_early": reader.stopped, "seconds": seconds, "frames_per_s": stream.written / seconds,
+        summary = {"source": str(source), "frames": written, "corrupt_packets": reader.corrupt,
+                   "stopped_early": reader.stopped, "seconds": seconds, "frames_per_s": written / seconds,
                    "backend": self.encoder.describe(), "refine": self.refine, "long_side": self.long_side,
-                   "masks": str(stream.masks_dir), "overlay": str(out / "overlay.mp4")}
+                   "masks": str(out / "masks"), "overlay": str(out / "overlay.mp4")}
         write_json(out / "summary.json", summary)
         return summary
+
+
+@dataclass
+class LabelledFrame:
+    """One frame of a stream and what the segmenter made of it."""
+
+    frame: np.ndarray  # (H, W, 3) uint8 RGB, as it came
+    labels: np.ndarray  # (H, W) uint8 at the frame's size: 0 background, 1 + class index
+    scores: np.ndarray  # (C,) class probabilities
 
 
 class _LabelledStream:
     """The frames of one stream on their way to label maps: batched for the encoder, then labelled by the
     decoder (``batch`` frames at a time) or by the graph cut (windows of ``window`` frames, each linked to the
-    last frame of the previous window), then written in order as ``masks/<index>.png`` and overlays."""
+    last frame of the previous window); ``take`` hands over the labelled frames in order."""
 
-    def __init__(self, segmenter: VideoSegmenter, masks_dir: Path, overlays: OverlayWriter) -> None:
-        self.segmenter, self.masks_dir, self.overlays = segmenter, masks_dir, overlays
+    def __init__(self, segmenter: VideoSegmenter) -> None:
+        self.segmenter = segmenter
         self.pending = _Pending()
         self.context: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last refined frame
-        self.written = 0
+        self.done: list[LabelledFrame] = []
 
     def add(self, frame: np.ndarray, size: tuple[int, int]) -> None:
         """Take one frame, to be labelled at network ``size``; label what is complete."""
@@ -196,27 +219,23 @@ class _LabelledStream:
     def flush(self) -> None:
         """Labels for the pending frames: encode what is not encoded yet, then decode or refine."""
         pending, segmenter = self.pending, self.segmenter
+        if not pending.frames:
+            return
         if len(pending.scores) < len(pending.small):
             self.encode_pending()
         if segmenter.refine == "none":
-            self.write(pending.frames, segmenter.decode(np.stack(pending.scores), np.stack(pending.attention)))
+            labels = segmenter.decode(np.stack(pending.scores), np.stack(pending.attention))
         else:
             window = [pending.small, pending.scores, pending.attention]
             if self.context is not None and self.context[0].shape == pending.small[0].shape:
                 window = [[c, *w] for c, w in zip(self.context, window)]
-            self.write(pending.frames, segmenter.refine_window(*window)[-len(pending.frames):])
+            labels = segmenter.refine_window(*window)[-len(pending.frames):]
             self.context = (pending.small[-1], pending.scores[-1], pending.attention[-1])
+        for frame, small_labels, scores in zip(pending.frames, labels, pending.scores):
+            self.done.append(LabelledFrame(frame, restore_size(small_labels, frame.shape[:2]), scores))
         self.pending = _Pending()
 
-    def write(self, frames: list[np.ndarray], labels: np.ndarray) -> None:
-        for frame, small_labels in zip(frames, labels):
-            full = restore_size(small_labels, frame.shape[:2])
-            write_palette_png(self.masks_dir / f"{self.written:06d}.png", full)
-            self.overlays.write(overlay(frame, full))
-            self.written += 1
-
-    def finish(self) -> None:
-        """Label the frames still pending and close the overlay video."""
-        if self.pending.frames:
-            self.flush()
-        self.overlays.close()
+    def take(self) -> list[LabelledFrame]:
+        """The frames labelled since the last call, in order."""
+        done, self.done = self.done, []
+        return done

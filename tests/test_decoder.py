@@ -17,8 +17,8 @@ from wsvs.runtime.executor import ExecutorConfig
 from wsvs.runtime.io import read_label_png, voc_palette, write_binary_png
 from wsvs.training.checkpoint import load_checkpoint
 from wsvs.training.fit import calibrate_threshold
+from wsvs.training.inference import segment_images
 from wsvs.training.models import WSVSModel, multiscale_attention
-from wsvs.training.segment import segment_images
 from wsvs.training.train_decoder import Pairs, TrainDecoderConfig, fit_decoder, video_pairs
 
 TINY = ArchConfig(num_classes=3, width=0.125, batch_norm=True)

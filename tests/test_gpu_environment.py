@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from wsvs.runtime import cuda_api, doctor
-from wsvs.runtime.backends import open_backend, select_backend
+from wsvs.runtime.backends import BACKENDS, open_backend, select_backend
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import write_json
 
@@ -280,7 +280,7 @@ def doctor_lines(capsys, argv: list[str]) -> tuple[int, dict[str, str]]:
 
     code = main(["doctor", *argv])
     lines = capsys.readouterr().out.splitlines()
-    return code, {line[:12].strip(): line[12:].strip() for line in lines}
+    return code, {line[:doctor.NAME_WIDTH].strip(): line[doctor.NAME_WIDTH:].strip() for line in lines}
 
 
 def test_doctor_reports_each_part_and_what_auto_picks_without_a_gpu(model, capsys, monkeypatch):
@@ -290,11 +290,13 @@ def test_doctor_reports_each_part_and_what_auto_picks_without_a_gpu(model, capsy
     code, lines = doctor_lines(capsys, ["--model", str(model)])
     assert code == 0
     assert set(lines) == {"python", "numpy", "onnxruntime", "cuda driver", "nvrtc", "tensorrt", "cupy", "auto",
-                          "model"}
+                          "model", *(f"backend {name}" for name in BACKENDS)}
     assert lines["onnxruntime"] == f"yes  {onnxruntime.__version__} (CPUExecutionProvider)"
     assert lines["cuda driver"] == "no   no usable CUDA driver (cuInit: NO_DEVICE)"
     assert lines["tensorrt"].startswith("no   not installed (pip install 'wsvs[gpu-cu12]'")
-    assert lines["auto"] == "ort-cpu; tensorrt and ort-cuda need a usable CUDA driver and GPU"
+    assert lines["backend tensorrt"].startswith("no   TensorRT is not installed (pip install 'wsvs[gpu-cu12]'")
+    assert lines["backend ort-cuda"] == "no   this ONNX Runtime has no CUDAExecutionProvider"
+    assert lines["auto"] == "tries ort-cpu, pytorch-eager in this order (the first whose file the model has)"
     assert lines["model"].startswith("backend auto: ort-cpu (ONNX Runtime") and "tensorrt unavailable" in lines["model"]
 
 
@@ -308,18 +310,18 @@ def test_doctor_on_a_gpu_machine_with_tensorrt(capsys, monkeypatch):
     assert code == 0
     assert lines["cuda driver"] == f"yes  CUDA 13.0, GPU 0: {GPU}" and lines["tensorrt"] == f"yes  {TRT_VERSION}"
     assert lines["extra"] == "this driver runs CUDA 13: pip install 'wsvs[gpu-cu13]'"
-    assert lines["auto"].startswith("tensorrt for a model with engines built on this machine") and lines[
-        "auto"].endswith("else ort-cuda")
+    assert lines["auto"].startswith("tries tensorrt, ort-cuda, ort-cpu, pytorch-eager in this order")
 
 
 def test_doctor_without_onnxruntime_and_with_both_packages(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "torch", None)  # nor PyTorch: nothing can run
     monkeypatch.setattr(doctor, "installed_version", lambda name: "1.23.2")  # onnxruntime and onnxruntime-gpu
     code, lines = doctor_lines(capsys, [])
     assert code == 1
     assert lines["onnxruntime"].startswith("no   ONNX Runtime is not installed (pip install 'wsvs[cpu]'")
     assert "onnxruntime and onnxruntime-gpu are both installed" in lines["onnxruntime"]
-    assert lines["auto"].startswith("none: no backend can run")
+    assert lines["auto"].startswith("tries nothing: no backend can run here")
 
 
 def raising_cuda_error(message: str):

@@ -87,7 +87,7 @@ def label_images(model, meta, dataset, config: AdaptConfig, labels_out: Path) ->
     """Label the split with the model, knowing each image's classes; returns the images and counts."""
     from wsvs.runtime.progress import progress_bar
 
-    from .segment import segment_dataset
+    from .inference import segment_dataset
 
     images = LabelledImages([], [], [])
     # the colour GMMs' foreground seeds are what the model calls foreground
@@ -137,7 +137,7 @@ def holdout_check(model, meta, reference, reference_meta, dataset, held_labels: 
     label maps with the held-out labels (``held_labels``); both with each image's classes known."""
     from wsvs.runtime.metrics import ConfusionMatrix
 
-    from .segment import segment_dataset
+    from .inference import segment_dataset
     from .train_encoder import evaluate_classifier
 
     device = str(next(model.parameters()).device)
@@ -207,7 +207,7 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
     from .checkpoint import load_checkpoint, save_checkpoint
     from .distributed import join
     from .fit import fit
-    from .segment import segment_dataset
+    from .inference import segment_dataset
     from .voc import VOCDataset
 
     if out.resolve() == model_dir.resolve():

@@ -32,7 +32,7 @@ def evaluate_model(model_dir: Path, data: Path, config: EvaluateConfig, masks_ou
     from wsvs.runtime.progress import progress_bar
 
     from .checkpoint import load_checkpoint
-    from .segment import segment_dataset
+    from .inference import segment_dataset
     from .voc import VOCDataset
 
     model, meta = load_checkpoint(model_dir)

@@ -26,6 +26,7 @@ from .models import Decoder, Encoder, WSVSModel, normalise_cams
 SEGMENTER_OUTPUTS = ("scores", "classes", "probs", "labels")
 ENCODER_OUTPUTS = ("scores", "features", "cams", "attention")
 DECODER_OUTPUTS = ("foreground",)
+OUTPUT_NAMES = {"segmenter": SEGMENTER_OUTPUTS, "encoder": ENCODER_OUTPUTS, "decoder": DECODER_OUTPUTS}
 
 
 def attention_over_scales(encoder: Encoder, images: torch.Tensor, cams: torch.Tensor, scales: Sequence[float],

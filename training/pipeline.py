@@ -227,16 +227,16 @@ def adapt_stage(run: PipelineRun) -> dict:
 
 def evaluate_stage(run: PipelineRun) -> dict:
     """§5: the decoder and the adapted model on the val split, with overlays."""
-    from wsvs.runtime.image_segmenter import segment_files
+    from wsvs.runtime.backends import EAGER
+    from wsvs.runtime.image_segmenter import ImageSegmenter, segment_files
 
     from .evaluate import evaluate_model
-    from .segment import EagerSegmenter
 
     def work(folder: Path) -> dict:
         results = {}
         for name in ("decoder", "adapt"):
             results[name] = evaluate_model(run.out / name, run.data, run.config.evaluate)
-            skipped = segment_files(EagerSegmenter(run.out / name), run.shown, folder / "overlays" / name).failed
+            skipped = segment_files(ImageSegmenter(run.out / name, EAGER), run.shown, folder / "overlays" / name).failed
             if skipped:
                 raise skipped[0]
         return results

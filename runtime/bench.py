@@ -1,34 +1,33 @@
 """`wsvs bench`: latency and throughput of the end-to-end segmenter per backend, PyTorch eager as the baseline.
 
 Every backend runs the same normalised batches (smooth synthetic images, ``size`` x ``size``) after
-``warmup`` calls; each of ``iterations`` calls is timed. Results: p50/p95 latency per call, throughput in
+``warmup`` calls; each of ``iterations`` calls is timed. Results: p50/p95/p99 latency per call, throughput in
 images/s, the ratio to PyTorch eager at the same batch, and the fraction of labels equal to PyTorch's (a
 backend that is fast but wrong shows here). Files are named by device and versions:
 ``<out>/runtime_<device>_<versions>.{json,md,png}``.
 
-Only the PyTorch baseline needs torch: on an edge device that has only the runtime, the ONNX Runtime and TensorRT
-backends are timed against each other.
+Every row of ``wsvs.runtime.backends.BACKENDS`` can be timed; only the PyTorch baseline needs torch: on an edge device
+that has only the runtime, the ONNX Runtime and TensorRT backends are timed against each other.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from wsvs.runtime import cuda_api
-from wsvs.runtime.backends import BACKENDS, EAGER, graph_file, open_backend
-from wsvs.runtime.config import dump_config, load_config
-from wsvs.runtime.contract import GraphMetadata
-from wsvs.runtime.errors import InputError
-from wsvs.runtime.io import atomic_path, write_json
+from . import cuda_api
+from .backends import BACKENDS, EAGER, Backend, backend_name, importable, open_backend
+from .config import dump_config, load_config
+from .contract import GraphMetadata
+from .errors import InputError
+from .io import atomic_path, write_json
 
 
 @dataclass
@@ -42,6 +41,8 @@ class BenchConfig:
     warmup: int = 3
     threads: int = 0  # intra-op threads for ORT and PyTorch; 0: the library's default (all cores)
 
+
+PERCENTILES = (50, 95, 99)  # of the per-call latency
 
 def device_name() -> str:
     """The GPU's name when there is one, else the CPU model and core count."""
@@ -58,103 +59,73 @@ def device_name() -> str:
 
 
 def versions() -> dict[str, str]:
-    """What the timings depend on; torch and TensorRT where they are installed."""
-    import onnxruntime
-
+    """What the timings depend on: the versions of the packages that can be imported here (read from their metadata,
+    so torch is never imported), torch and TensorRT where they are installed."""
     from wsvs.runtime import __version__
 
-    found = {"wsvs": __version__, "python": platform.python_version(), "numpy": np.__version__,
-             "onnxruntime": onnxruntime.__version__}
-    for name in ("torch", "tensorrt"):
-        try:
-            found[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
+    found = {"wsvs": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for key, distributions in (("onnxruntime", ("onnxruntime", "onnxruntime-gpu")), ("torch", ("torch",)),
+                               ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"))):
+        for distribution in distributions:
+            try:
+                if importable(key):
+                    found[key] = metadata.version(distribution)
+                    break
+            except metadata.PackageNotFoundError:
+                pass
     return found
 
 
-def eager_segmenter(model_dir: Path, top_k: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The checkpoint's segmenter in PyTorch eager mode (the module the ONNX graph was traced from): labels."""
-    try:
-        import torch
-    except ImportError:
-        raise InputError(None, "torch is not installed here (pip install 'wsvs[train]')") from None
-
-    from .checkpoint import load_checkpoint
-    from .graphs import graph_modules
-
-    if threads:
-        torch.set_num_threads(threads)
-    model, meta = load_checkpoint(model_dir)
-    graph = graph_modules(model, meta, top_k)["segmenter"]
-
-    def run(inputs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return graph(torch.from_numpy(inputs))[3].numpy()
-
-    return run
-
-
-def graph_metadata(model_dir: Path) -> GraphMetadata:
-    """The segmenter graph's metadata, read through ONNX Runtime's CPU provider, which every machine has."""
-    backend = open_backend(model_dir, "segmenter", "ort-cpu")
-    return GraphMetadata.from_props(backend.metadata, backend.path)
-
-
-def runners(model_dir: Path, names: list[str], threads: int) -> tuple[dict[str, Callable], dict[str, str]]:
-    """(labels function by name, why each skipped backend was skipped). Names given explicitly must load;
-    "all" skips what does not load here."""
+def open_backends(model: Path, names: list[str], threads: int) -> tuple[dict[str, Backend], dict[str, str]]:
+    """(segmenter backend by name, why each skipped backend was skipped). Names given explicitly must load;
+    "all" (every row of BACKENDS) skips what does not load here."""
     everything = "all" in names
-    wanted = [EAGER, *BACKENDS] if everything else names
-    unknown = set(wanted) - {EAGER, *BACKENDS}
-    if unknown:
-        raise InputError(None, f"unknown backend {sorted(unknown)[0]!r} (choose all, {EAGER}, {', '.join(BACKENDS)})")
-    segmenter = graph_file(model_dir, "segmenter", ".onnx")
-    if not segmenter.is_file():
-        raise InputError(segmenter, f"not found: export the checkpoint first (wsvs export --model {model_dir})")
-    loaded: dict[str, Callable] = {}
+    wanted = list(BACKENDS) if everything else [backend_name(name) for name in names]
+    loaded: dict[str, Backend] = {}
     skipped: dict[str, str] = {}
     for name in wanted:
         try:
-            if name == EAGER:
-                loaded[name] = eager_segmenter(model_dir, graph_metadata(model_dir).top_k, threads)
-            else:
-                backend = open_backend(model_dir, "segmenter", name, threads)
-                loaded[name] = lambda inputs, backend=backend: backend.run(inputs, ("labels",))["labels"]
+            loaded[name] = open_backend(model, "segmenter", name, threads)
         except InputError as exc:
             if not everything:
                 raise
             skipped[name] = str(exc)
+    if not loaded:
+        raise InputError(model, "no backend opens it: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return loaded, skipped
 
 
-def benchmark(model_dir: Path, config: BenchConfig) -> dict:
+def benchmark(model: Path, config: BenchConfig) -> dict:
     """Run every backend at every batch; the results as a JSON-ready dict."""
-    from wsvs.runtime.preprocess import normalise
-    from wsvs.runtime.progress import progress_bar
-    from wsvs.runtime.timing import synthetic_images, time_calls
+    from .preprocess import normalise
+    from .progress import progress_bar
+    from .timing import synthetic_images, time_calls
 
     if min(config.batches, default=0) < 1 or config.size < 32 or config.iterations < 1 or config.warmup < 0:
         raise InputError(None, "batches must be >= 1, size >= 32, iterations >= 1 and warmup >= 0")
-    loaded, skipped = runners(model_dir, list(config.backends), config.threads)
-    metadata = graph_metadata(model_dir)
+    loaded, skipped = open_backends(model, list(config.backends), config.threads)
+    first = next(iter(loaded.values()))
+    graph = GraphMetadata.from_props(first.metadata, first.path)
     rows = []
     for batch in config.batches:
-        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), metadata.mean, metadata.std)
+        inputs = normalise(synthetic_images(batch, config.size, config.size, seed=batch), graph.mean, graph.std)
         reference = None
-        for name, run in progress_bar(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
-            labels = run(inputs)
+        for name, backend in progress_bar(loaded.items(), desc=f"bench batch {batch}", unit="backend", leave=False):
+            def call(backend=backend, inputs=inputs):
+                return backend.run(inputs, ("labels",))["labels"]
+
+            labels = call()
             reference = labels if reference is None else reference
-            seconds = time_calls(lambda run=run, inputs=inputs: run(inputs), config.iterations, config.warmup)
-            rows.append({"backend": name, "batch": batch, "p50_ms": 1e3 * float(np.percentile(seconds, 50)),
-                         "p95_ms": 1e3 * float(np.percentile(seconds, 95)),
+            seconds = time_calls(call, config.iterations, config.warmup)
+            rows.append({"backend": name, "batch": batch,
+                         **{f"p{q}_ms": 1e3 * float(np.percentile(seconds, q)) for q in PERCENTILES},
                          "images_per_s": batch / float(seconds.mean()),
                          "labels_equal_to_first": float(np.mean(labels == reference))})
     for row in rows:
         base = next((r for r in rows if r["backend"] == EAGER and r["batch"] == row["batch"]), None)
         row["vs_eager"] = row["images_per_s"] / base["images_per_s"] if base else None
-    return {"device": device_name(), "versions": versions(), "model": str(model_dir),
-            "architecture": metadata.architecture, "graph_precision": metadata.precision,
+    return {"device": device_name(), "versions": versions(), "model": str(model),
+            "architecture": graph.architecture, "graph_precision": graph.precision,
             "config": dump_config(config), "first_backend": next(iter(loaded)), "skipped": skipped, "results": rows}
 
 
@@ -171,9 +142,9 @@ def results_stem(results: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    """The results as a markdown table; the column of ratios to PyTorch eager only where torch is installed."""
-    eager = "torch" in results["versions"]
-    header = ["backend", "batch", "p50 ms", "p95 ms", "images/s", *([f"vs {EAGER}"] if eager else []),
+    """The results as a markdown table; the column of ratios to PyTorch eager only where it was timed."""
+    eager = any(row["backend"] == EAGER for row in results["results"])
+    header = ["backend", "batch", *(f"p{q} ms" for q in PERCENTILES), "images/s", *([f"vs {EAGER}"] if eager else []),
               f"labels = {results['first_backend']}"]
     lines = [f"Device: {results['device']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
              f"Input: {results['config']['size']}x{results['config']['size']}, {results['graph_precision']} graph; "
@@ -181,7 +152,7 @@ def markdown_table(results: dict) -> str:
              f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     for row in results["results"]:
         ratio = ["" if row["vs_eager"] is None else f"{row['vs_eager']:.2f}x"] if eager else []
-        cells = [row["backend"], str(row["batch"]), f"{row['p50_ms']:.1f}", f"{row['p95_ms']:.1f}",
+        cells = [row["backend"], str(row["batch"]), *(f"{row[f'p{q}_ms']:.1f}" for q in PERCENTILES),
                  f"{row['images_per_s']:.1f}", *ratio, f"{100 * row['labels_equal_to_first']:.2f}%"]
         lines.append(f"| {' | '.join(cells)} |")
     if results["skipped"]:
@@ -248,14 +219,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="latency and throughput of the exported segmenter per backend vs PyTorch eager",
         description="Times the end-to-end segmenter on each backend (ONNX Runtime CPU/CUDA, TensorRT) and in "
-        "PyTorch eager mode (where torch is installed) on the same synthetic batches: p50/p95 latency, images/s, "
+        "PyTorch eager mode (where torch is installed) on the same synthetic batches: p50/p95/p99 latency, images/s, "
         "ratio to PyTorch and label agreement. Writes <out>/runtime_<device>_<versions>.json, .md (table) and .png "
         "(throughput plot). "
         "Example: wsvs bench --model runs/model --backend all --batch 1,8 --input-size 320")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
-                   help="checkpoint folder holding model.onnx from `wsvs export` (and model.engine for TensorRT)")
+                   help="an exported model X.onnx (X.engine beside for TensorRT, X.pt for PyTorch) or a checkpoint "
+                   "with its export")
     p.add_argument("--backend", metavar="NAMES",
-                   help=f"comma-separated: all (default), {EAGER}, {', '.join(BACKENDS)}")
+                   help=f"comma-separated: all (default: every one that opens the model), {', '.join(BACKENDS)}")
     p.add_argument("--batch", type=_integers, metavar="N,N", help="batch sizes (default 1,8)")
     p.add_argument("--input-size", dest="size", type=int, metavar="S", help="square input side (default 320)")
     p.add_argument("--size", dest="size", type=int, help=argparse.SUPPRESS)  # the name before --input-size
