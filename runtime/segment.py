@@ -28,6 +28,15 @@ def split_inputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
     return [p for p in inputs if p not in videos], videos
 
 
+def backend_argument(text: str) -> str:
+    """--backend's value: a name of the backend table (read when parsing, so every row counts), else a usage
+    error."""
+    try:
+        return backend_name(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Every input that can be segmented is; the others are listed at the end (exit 0), unless none could be
     (one line, exit 2)."""
@@ -78,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="an exported segmenter graph X.onnx or engine X.engine (X.encoder/decoder.* beside), a "
                    "checkpoint X.pt or folder (its exported graphs beside it, else PyTorch)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--backend", default="auto", type=backend_name, metavar="NAME", help=backends_help())
+    p.add_argument("--backend", default="auto", type=backend_argument, metavar="NAME", help=backends_help())
     p.add_argument("--batch", type=int, default=8, help="images or frames per network call (default 8)")
     p.add_argument("--long-side", dest="long_side", type=int, default=None,
                    help="segment images and frames with their longer side resized to this, each side within "
