@@ -15,6 +15,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,9 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also build TensorRT engines here; .encoder.engine/.decoder.engine go beside it "
                         "(needs tensorrt and an NVIDIA GPU)")
     parser.add_argument("--engine", dest="out_engine", type=Path, default=None, help=argparse.SUPPRESS)  # older name
-    parser.add_argument("--format", choices=("onnx", "triton"), default="onnx",
-                        help="onnx: the graphs (and engines with --out-engine); triton: a Triton model repository "
-                        "at --out REPO (REPO/NAME/config.pbtxt, 1/model.onnx, labels.txt)")
+    parser.add_argument("--format", choices=list(FORMATS), default="onnx",
+                        help="; ".join(f"{f.name}: {f.summary}" for f in FORMATS.values()) + " (default onnx)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="graph precision (default fp32)")
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of calibration images (needed for int8; also used for --verify)")
@@ -304,6 +304,59 @@ def model_argument(args: argparse.Namespace) -> Path:
     return model
 
 
+def write_onnx(args: argparse.Namespace, config: ExportConfig) -> int:
+    """--format onnx: the three graphs (and engines too when --out-engine is given, its older spelling)."""
+    return export(model_argument(args), args.out, args.out_engine, args.calib, args.timing_cache, config)
+
+
+def write_tensorrt(args: argparse.Namespace, config: ExportConfig) -> int:
+    """--format tensorrt: the graphs and their engines, at --out-engine or beside the graphs (X.engine)."""
+    model = model_argument(args)
+    onnx_path = args.out or default_onnx_path(model, config.precision)
+    engine = args.out_engine or onnx_path.with_suffix(".engine")
+    return export(model, onnx_path, engine, args.calib, args.timing_cache, config)
+
+
+def write_triton(args: argparse.Namespace, config: ExportConfig) -> int:
+    """--format triton: the verified ONNX segmenter graph as a Triton model repository at --out (a model named
+    after the checkpoint)."""
+    from . import triton
+
+    if args.out_engine is not None:
+        raise InputError(args.out_engine, "--format triton writes the ONNX graph (onnxruntime_onnx); an engine "
+                                          "repository (tensorrt_plan) is not supported")
+    model, repo = model_argument(args), args.out
+    if repo is None:
+        raise InputError(None, "--format triton needs --out REPO (the model repository folder)")
+    name = model.stem if model.suffix == ".pt" else (model.parent if model.suffix == ".safetensors" else model).name
+    with tempfile.TemporaryDirectory(prefix="wsvs-triton-") as scratch:
+        graph = Path(scratch) / "model.onnx"
+        code = export(model, graph, None, args.calib, None, config)
+        if code == 0:
+            print(f"wrote the Triton model {triton.write_repository(graph, repo, name, config.max_shapes[0])}")
+    return code
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of ``FORMATS``: what --format NAME writes, and the function that writes it (returns the exit code)."""
+
+    name: str
+    summary: str
+    write: Callable[[argparse.Namespace, ExportConfig], int]
+
+
+# Every output format of `wsvs export --format`; the precision (fp32, fp16, int8) of the graphs is --precision.
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("onnx", "the segmenter, encoder and decoder ONNX graphs (X.onnx, X.encoder.onnx, X.decoder.onnx)",
+                 write_onnx),
+    ExportFormat("tensorrt", "the ONNX graphs and a TensorRT engine of each (X.engine, ...; needs tensorrt and an "
+                 "NVIDIA GPU)", write_tensorrt),
+    ExportFormat("triton", "a Triton model repository at --out REPO (REPO/NAME/config.pbtxt, 1/model.onnx, "
+                 "labels.txt)", write_triton),
+)}
+
+
 def run(args: argparse.Namespace) -> int:
     from wsvs.runtime.config import load_config
 
@@ -315,28 +368,7 @@ def run(args: argparse.Namespace) -> int:
                          verify=args.verify, atol=args.atol, rtol=args.rtol, min_agreement=args.min_agreement,
                          min_label_agreement=args.min_label_agreement,
                          **shapes)
-    if args.format == "triton":
-        if args.out_engine is not None:
-            raise InputError(args.out_engine, "--format triton writes the ONNX graph (onnxruntime_onnx); an engine "
-                                              "repository (tensorrt_plan) is not supported")
-        return export_triton(model_argument(args), args.out, args.calib, config)
-    return export(model_argument(args), args.out, args.out_engine, args.calib, args.timing_cache, config)
-
-
-def export_triton(model: Path, repo: Path | None, calib: Path | None, config: ExportConfig) -> int:
-    """The verified ONNX segmenter graph as a Triton model repository at ``repo`` (a model named after the
-    checkpoint); returns the exit code."""
-    from . import triton
-
-    if repo is None:
-        raise InputError(None, "--format triton needs --out REPO (the model repository folder)")
-    name = model.stem if model.suffix == ".pt" else (model.parent if model.suffix == ".safetensors" else model).name
-    with tempfile.TemporaryDirectory(prefix="wsvs-triton-") as scratch:
-        graph = Path(scratch) / "model.onnx"
-        code = export(model, graph, None, calib, None, config)
-        if code == 0:
-            print(f"wrote the Triton model {triton.write_repository(graph, repo, name, config.max_shapes[0])}")
-    return code
+    return FORMATS[args.format].write(args, config)
 
 
 def main(argv: list[str] | None = None) -> int:
