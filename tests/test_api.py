@@ -126,3 +126,13 @@ def test_the_api_never_imports_torch(exported, tmp_path):
             "assert not [k for k, v in sys.modules.items() if v is not None and k.split('.')[0] == 'torch']\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(tmp_path))
     assert result.returncode == 0, result.stderr
+
+
+def test_segment_needs_only_the_model_and_writes_to_a_default_folder(exported, tmp_path, monkeypatch, capsys):
+    """`wsvs segment photo.jpg --model model.onnx`, no other flag: the output goes to runs/segment/, and says so."""
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite("photo.jpg", synthetic_images(1, 60, 80, seed=2)[0][..., ::-1])
+    assert main(["segment", "photo.jpg", "--model", str(exported / "model.onnx")]) == 0
+    assert "label maps (VOC palette) and overlays in runs/segment" in capsys.readouterr().out
+    assert read_label_png(Path("runs/segment/photo.png")).shape == (60, 80)
+    assert Path("runs/segment/photo_overlay.jpg").is_file()
