@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsvs.runtime.errors import InputError
-from wsvs.training.davis import model_classes, read_classes_table, read_davis_folder
+from wsvs.training.davis import model_classes, per_class_target, read_classes_table, read_davis_folder
 
 
 def test_classes_table_parses_the_real_table(shared_data: Path) -> None:
@@ -54,3 +54,17 @@ def test_table_with_a_bad_header_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         read_classes_table(path)
     assert caught.value.path == path
+
+
+def test_evaluation_rule_on_the_dev_split(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table_path = shared_data / "davis2016_classes.tsv"
+    table = read_classes_table(table_path)
+    classes = model_classes(read_davis_folder(shared_data / "davis2016_train", table, table_path))
+    dev = {seq.name: seq for seq in read_davis_folder(shared_data / "davis2016_dev", table, table_path)}
+    assert per_class_target(dev["blackswan"], classes) == "bird"
+    assert per_class_target(dev["cows"], classes) is None  # no training sequence has cows
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "cows: class cow is in no training sequence; left out of per-class scores"]
+    train = {seq.name: seq for seq in read_davis_folder(shared_data / "davis2016_train", table, table_path)}
+    assert per_class_target(train["bmx-bumps"], classes) is None  # two objects: foreground IoU only
+    assert per_class_target(train["bear"], classes) is None  # not a VOC class: foreground IoU only

@@ -78,3 +78,16 @@ def read_davis_folder(root: Path, table: dict[str, SequenceClasses], table_path:
 def model_classes(train: list[DavisSequence]) -> list[str]:
     """The model's classes: the VOC classes of the training sequences, sorted."""
     return sorted({name for seq in train for name in seq.classes.voc_classes})
+
+
+def per_class_target(seq: DavisSequence, classes: list[str]) -> str | None:
+    """The class a sequence's frames are scored under per class (its mask's foreground = that class, the rest
+    background), or None when it only counts towards foreground IoU: a sequence with several objects or none of
+    VOC's, or one whose class no training sequence has (said in one printed line, as it is left out)."""
+    voc = seq.classes.voc_classes
+    if not seq.classes.single_class or len(voc) != 1:
+        return None
+    if voc[0] not in classes:
+        print(f"{seq.name}: class {voc[0]} is in no training sequence; left out of per-class scores")
+        return None
+    return voc[0]
