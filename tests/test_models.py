@@ -29,7 +29,7 @@ def test_cam_is_eq2_and_gap_of_cam_gives_the_logits() -> None:
     torch.testing.assert_close(cams[:, 3], expected)
     # GAP is linear, so averaging the CAM and adding the bias gives the logits.
     torch.testing.assert_close(cams.mean(dim=(2, 3)) + encoder.classifier.bias, logits, atol=1e-5, rtol=1e-5)
-    assert cams.shape[-2:] == (64 // Encoder.stride, 80 // Encoder.stride)
+    assert encoder.stride == 8 and cams.shape[-2:] == (64 // encoder.stride, 80 // encoder.stride)
 
 
 def test_switch_unpool_equals_max_unpool_where_windows_have_a_clear_maximum() -> None:

