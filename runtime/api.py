@@ -60,7 +60,7 @@ class Segmenter:
 
     def __init__(self, model: str | Path, backend: str = "auto", *, batch: int = 8, long_side: int | None = None,
                  threads: int = 0, refine: str = "none", window: int = 8, max_pixels: int = MAX_PIXELS) -> None:
-        self.model, self.backend_name, self.threads = model, backend, threads
+        self.model, self.threads = model, threads
         self.batch_size, self.long_side, self.refine, self.window = batch, long_side, refine, window
         self.max_pixels = max_pixels
         self.images = ImageSegmenter(model, backend, batch, long_side, threads)

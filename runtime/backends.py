@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cuda_api
-from .contract import METADATA_FILE, check_exported_from
+from .contract import METADATA_FILE, check_exported_from, checkpoint_path
 from .errors import InputError, StaleExportError, first_line
 from .io import read_json
 
@@ -205,16 +205,6 @@ class TensorRTBackend(Backend):
             self.stream.close()
 
 
-def checkpoint_path(model: str | Path) -> Path:
-    """The checkpoint a model path stands for: the path itself for a folder, ``X.pt`` or ``model.safetensors``;
-    beside an exported graph ``X.onnx`` / ``X.engine`` (and ``X.encoder.onnx``, ...), ``X.pt``, else the folder."""
-    model = Path(model)
-    if model.is_dir() or model.suffix in (".pt", ".safetensors"):
-        return model.parent if model.suffix == ".safetensors" else model
-    pt = model.parent / f"{model.name.split('.')[0]}.pt"
-    return pt if pt.is_file() else model.parent
-
-
 def _has_checkpoint(path: Path) -> bool:
     return path.is_file() if path.suffix == ".pt" else (path / METADATA_FILE).is_file()
 
@@ -223,7 +213,7 @@ def importable(module: str) -> bool:
     """Whether ``module`` can be imported here, without importing it."""
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # sys.modules[module] is None: imports of it are blocked
+    except (ImportError, ValueError, AttributeError):  # sys.modules[module] is None: imports of it are blocked
         return False
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import shlex
 import sys
 
 from wsvs.runtime import __version__
+from wsvs.runtime.backends import importable
 from wsvs.runtime.errors import IncompleteError, InputError
 
 # (module, the commands it registers), in pipeline order; `wsvs --help` lists them in this order.
@@ -53,13 +53,6 @@ EXIT_INCOMPLETE = 3
 # Packages of the `train` extra: a command that reaches one of them where it is missing fails in one line.
 TRAIN_EXTRA = {"torch", "safetensors", "skimage", "scipy", "yt_dlp", "onnx", "matplotlib", "torchvision"}
 INSTALL_HINT = "install the training extra: pip install 'wsvs[train]'"
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError, AttributeError):  # sys.modules[name] is None: imports of it are blocked
-        return False
 
 
 def _unavailable(parser_name: str, reason: str):
@@ -104,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = command_name(parser, args.command)
-    if command in NEEDS_TORCH and not _importable("torch"):
+    if command in NEEDS_TORCH and not importable("torch"):
         print(f"wsvs {command}: error: needs PyTorch, which is not installed; {INSTALL_HINT}", file=sys.stderr)
         return 2
     try:

@@ -171,13 +171,22 @@ def checkpoint_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_path(model: str | Path) -> Path:
+    """The checkpoint a model path stands for: the path itself for a folder, ``X.pt`` or ``model.safetensors``;
+    beside an exported graph ``X.onnx`` / ``X.engine`` (and ``X.encoder.onnx``, ...), ``X.pt``, else the folder."""
+    model = Path(model)
+    if model.is_dir() or model.suffix in (".pt", ".safetensors"):
+        return model.parent if model.suffix == ".safetensors" else model
+    pt = model.parent / f"{model.name.split('.')[0]}.pt"
+    return pt if pt.is_file() else model.parent
+
+
 def check_exported_from(graph: Path, props: Mapping[str, str]) -> None:
     """Refuse a graph (or engine) that sits beside a checkpoint it was not exported from: new weights beside an
     older export, or a damaged checkpoint, would otherwise be run as the old graph without a word."""
     folder = graph.parent
-    pt = folder / f"{graph.name.split('.')[0]}.pt"  # X.onnx, X.encoder.onnx, X.fp16.onnx... beside X.pt
-    checkpoint = pt if pt.is_file() else folder
-    files = [pt] if pt.is_file() else [folder / WEIGHTS_FILE, folder / METADATA_FILE]
+    checkpoint = checkpoint_path(graph)  # X.pt beside X.onnx, X.encoder.onnx, X.fp16.onnx..., else the folder
+    files = [checkpoint] if checkpoint != folder else [folder / WEIGHTS_FILE, folder / METADATA_FILE]
     if not any(path.exists() for path in files):
         return  # a graph on its own: nothing it could be stale against
     redo = f"re-export it (wsvs export --model {checkpoint}) or run the checkpoint (--backend pytorch-eager)"
