@@ -542,8 +542,9 @@ def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
         pages = serve_world_videos(server, web)
         config = CrawlConfig(classes=tuple(listing), out=tmp_path / "out", source="pages",
                              pages=write_pages(tmp_path / "pages.json", pages), window=1.0, timeout_s=5.0,
-                             sleep_requests_s=0.0, min_sleep_download_s=0.0, max_sleep_download_s=0.0)
-        summary = crawl(config, functools.partial(load_scorer, encoder, 1), attention.class_names)
+                             sleep_requests_s=0.0, min_sleep_download_s=0.0, max_sleep_download_s=0.0,
+                             workers=1)  # in this process: no worker to start and load the encoder in
+        summary = crawl(config, functools.partial(load_scorer, encoder, None), attention.class_names)
     records = read_manifest(config.out / "manifest.jsonl")
     relevant = [(c, v["id"]) for c, videos in listing.items() for v in videos if v["relevant"]]
     misleading = [(c, v["id"]) for c, videos in listing.items() for v in videos if not v["relevant"]]

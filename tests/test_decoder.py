@@ -20,6 +20,7 @@ from wsvs.training.fit import calibrate_threshold
 from wsvs.training.inference import segment_images
 from wsvs.training.models import WSVSModel, multiscale_attention
 from wsvs.training.train_decoder import Pairs, TrainDecoderConfig, fit_decoder, video_pairs
+from wsvs.training.voc import VOCDataset
 
 TINY = ArchConfig(num_classes=3, width=0.125, batch_norm=True)
 
@@ -189,7 +190,6 @@ def test_table1_in_miniature(world_dir: Path, decoder_dir: Path, table1: dict) -
     32.3, 50.1, 58.1; AVX2 kernels, one thread 33.7, 52.3, 57.4. On labels the decoder alone made, adaptation's
     sign depended on the kernels (+4.3 and -2.3)."""
     from wsvs.training.train_encoder import evaluate_classifier
-    from wsvs.training.voc import VOCDataset
 
     assert table1["decoder"] >= table1["cam"] + 0.10, table1
     assert table1["adapted"] >= table1["decoder"] + 0.01, table1
@@ -265,7 +265,7 @@ def test_adaptation_trains_the_attention_the_decoder_reads_at_every_scale() -> N
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.encoder.parameters()]
         return torch.cat([g.flatten() for g in grads])
 
-    _, trained = adaptation_network(model, scales)(images, image_index, class_index)
+    _, trained = adaptation_network(model, scales, False)(images, image_index, class_index)
     trained_gradient = encoder_gradient(trained)
     attention = multiscale_attention(model.encoder, images, scales)
     inferred = model.decoder(attention[image_index, class_index][:, None])[:, 0]
@@ -296,8 +296,10 @@ def test_adaptation_that_degrades_is_reported_and_refused(world_dir: Path, decod
     from wsvs.training.checkpoint import checkpoint_files
 
     data, out = world_dir / "images", tmp_path / "adapted"
+    split = tmp_path / "some_train.txt"  # a quarter of the training images: a wreck shows on any of them
+    split.write_text("\n".join(VOCDataset(data, "train").ids[:150]) + "\n")
     assert main(["adapt", "--model", str(decoder_dir), "--data", str(data), "--out", str(out), "--epochs", "1",
-                 "--lr", "0.1"]) == 0
+                 "--lr", "0.1", "--split", str(split)]) == 0
     assert "adaptation REFUSED" in capsys.readouterr().out
     kept, meta = load_checkpoint(out)
     decoder, decoder_meta = load_checkpoint(decoder_dir)

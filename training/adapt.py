@@ -167,9 +167,10 @@ def holdout_check(model, meta, reference, reference_meta, dataset, held_labels: 
     return check
 
 
-def adaptation_network(model, scales):
+def adaptation_network(model, scales, frozen_trunk: bool):
     """The module fine-tuned: images, and the (image, class) pairs to segment -> class logits and the decoder's
-    foreground logits of each pair on the multi-scale attention."""
+    foreground logits of each pair on the multi-scale attention. A trunk the encoder's training kept frozen
+    (``freeze_backbone``) stays frozen here too, batch-norm statistics included."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -182,6 +183,12 @@ def adaptation_network(model, scales):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+            model.encoder.features.requires_grad_(not frozen_trunk)
+
+        def train(self, mode: bool = True) -> AdaptationNetwork:
+            super().train(mode)
+            self.model.encoder.features.train(mode and not frozen_trunk)
+            return self
 
         def forward(self, images: torch.Tensor, image_index: torch.Tensor, class_index: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +257,8 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
             yield from ((foreground[c], held_labels[i] == c + 1) for c in images.classes[held[i]])
 
     record = {"source": str(model_dir.resolve()), "data": str(data.resolve()), "pairs": counts}
-    network = adaptation_network(model, meta.scales)
+    frozen_trunk = meta.extra.get("encoder_training", {}).get("config", {}).get("freeze_backbone", False)
+    network = adaptation_network(model, meta.scales, frozen_trunk)
     fit(model, meta, network, len(trained), batch_loss, predictions, out, config, "adaptation", record, resume)
     replica = join(config.device)
     if not replica.is_main:  # rank 0 judges and writes the final checkpoint

@@ -6,6 +6,9 @@ segment_videos (§3.2) -> decoder (§3.3) -> adapt (§5.2.1) -> evaluate (§5, T
 A stage's outputs live in ``<out>/<stage>/``; ``stage.json`` is written last and records a fingerprint of the
 stage's config and of the stages it reads from, so a rerun skips finished stages and a killed stage resumes.
 Without ``data`` the synthetic world is generated and its web videos are served on 127.0.0.1 for the crawl.
+With ``davis`` (the davis preset) the world is made of real DAVIS-layout sequences (``training/davis_world.py``),
+and three stages add the reference rows: video_truth (the clips' DAVIS masks and the J of the video masks),
+upper_bound (the decoder trained on those masks) and zero_shot (the ImageNet CAM without training).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from wsvs.runtime.config import dump_config, load_config
+from wsvs.runtime.errors import InputError
 from wsvs.runtime.executor import ExecutorConfig, add_executor_arguments, executor_from_args
 from wsvs.runtime.io import is_hidden, read_json, write_json
 from wsvs.runtime.video_masks import SegmentVideosConfig
@@ -32,19 +36,22 @@ from wsvs.runtime.video_masks import SegmentVideosConfig
 from .adapt import AdaptConfig, describe_check
 from .cam import EvalCamConfig
 from .crawl import CrawlConfig
+from .davis_world import DavisWorldConfig
 from .demo_world import WorldConfig
 from .evaluate import EvaluateConfig
 from .train_decoder import TrainDecoderConfig
 from .train_encoder import TrainEncoderConfig
 
 STAGE_FILE = "stage.json"
-PRESETS = ("demo", "demo-confusable", "demo-loose", "paper")
+PRESETS = ("demo", "demo-confusable", "demo-loose", "paper", "davis")
 OVERLAY_IMAGES = 4  # val images shown in the report
+UPPER_BOUND_ROW = "decoder on DAVIS masks"
 
 
 @dataclass
 class PipelineConfig:
-    """The whole pipeline. ``data`` is a VOC-layout image set; without it the synthetic world is generated.
+    """The whole pipeline. ``data`` is a VOC-layout image set; without it the synthetic world is generated, or
+    with ``davis`` the world of real DAVIS-layout sequences.
 
     The crawl's classes default to all of the encoder's; with ``data`` its source is the config's (YouTube by
     default), without it the world's pages on 127.0.0.1.
@@ -52,6 +59,7 @@ class PipelineConfig:
 
     data: Path | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
+    davis: DavisWorldConfig | None = None
     encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
     eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
@@ -103,18 +111,24 @@ class PipelineRun:
     out: Path
     data: Path  # VOC-layout image set: given, or the generated world's
     data_key: str  # what the image set's stages fingerprint: the world stage's key, or the given folder
-    world: Path | None  # the generated world, whose web videos the crawl reads; None with given data
+    world: Path | None  # the generated or DAVIS world, whose web videos the crawl reads; None with given data
     shown: list[Path]  # val images whose overlays the report shows
     executor: ExecutorConfig  # where the per-video stages run; each stage sets its own workers
     records: dict[str, dict] = field(default_factory=dict)
 
 
 def start_run(config: PipelineConfig, out: Path, executor: ExecutorConfig) -> PipelineRun:
-    """The image set: ``config.data``, or the synthetic world generated as the first stage."""
+    """The image set: ``config.data``, or the DAVIS or synthetic world made as the first stage."""
+    from .davis_world import build_davis_world
     from .demo_world import generate_world
     from .voc import VOCDataset
 
-    if config.data is None:
+    if config.davis is not None:
+        world = run_stage(out, "world", {"davis": dump_config(config.davis)},
+                          lambda folder: read_json(build_davis_world(config.davis, folder) / "world.json"))
+        world_path = out / "world"
+        data, data_key = world_path / "images", world["key"]
+    elif config.data is None:
         world = run_stage(out, "world", {"world": dump_config(config.world)},
                           lambda folder: {"path": str(generate_world(config.world, folder))})
         world_path = Path(world["result"]["path"])
@@ -246,18 +260,63 @@ def evaluate_stage(run: PipelineRun) -> dict:
                                            "evaluate": dump_config(run.config.evaluate)}, work)
 
 
+def video_truth_stage(run: PipelineRun) -> dict:
+    """The DAVIS masks of the segmented clips' frames, and the J of the video masks against them (§3.2)."""
+    from .davis_world import write_clip_truth
+    from .eval_video import evaluate_videos
+
+    def work(folder: Path) -> dict:
+        frames = write_clip_truth(run.world, run.out / "crawl", run.out / "segment_videos", folder)
+        return {"frames": frames, "j": evaluate_videos(run.out / "segment_videos", folder)}
+
+    return run_stage(run.out, "video_truth", {"masks": run.records["segment_videos"]["key"]}, work)
+
+
+def upper_bound_stage(run: PipelineRun) -> dict:
+    """The decoder trained on the clips' DAVIS masks in place of the video masks: what perfect masks would give."""
+    from .evaluate import evaluate_model
+    from .train_decoder import train_decoder
+
+    def work(folder: Path) -> dict:
+        _, counts = train_decoder(run.out / "encoder", run.out / "crawl" / "clips", run.out / "video_truth", folder,
+                                  run.config.decoder, True, replace(run.executor, workers=1))
+        result = evaluate_model(folder, run.data, run.config.evaluate)
+        (row,) = result["table"]["rows"].values()
+        result["table"]["rows"] = {UPPER_BOUND_ROW: row}
+        return {"frames": counts, "evaluate": result}
+
+    return run_stage(run.out, "upper_bound", {"truth": run.records["video_truth"]["key"],
+                                              "decoder": dump_config(run.config.decoder),
+                                              "evaluate": dump_config(run.config.evaluate)}, work)
+
+
+def zero_shot_stage(run: PipelineRun) -> dict:
+    """The zero-shot ImageNet CAM: the pretrained classifier's own CAM, thresholded as the CAM baseline is."""
+    from .imagenet_classes import evaluate_imagenet_cam
+
+    cam = run.config.eval_cam
+    class_threshold = run.config.encoder.class_threshold if cam.class_threshold is None else cam.class_threshold
+    return run_stage(run.out, "zero_shot", {"data": run.data_key, "split": run.config.evaluate.split,
+                                            "thresholds": [class_threshold, cam.cam_threshold]},
+                     lambda folder: evaluate_imagenet_cam(run.data, run.config.evaluate.split, class_threshold,
+                                                          cam.cam_threshold))
+
+
 # The stages after the image set, in order: each reads the records of the ones before it.
 STAGES: tuple[tuple[str, Callable[[PipelineRun], dict]], ...] = (
     ("encoder", encoder_stage), ("eval_cam", eval_cam_stage), ("crawl", crawl_stage),
     ("segment_videos", segment_videos_stage), ("decoder", decoder_stage), ("adapt", adapt_stage),
     ("evaluate", evaluate_stage))
+# ... and the reference rows of the real-data world (the davis preset).
+REFERENCE_STAGES: tuple[tuple[str, Callable[[PipelineRun], dict]], ...] = (
+    ("video_truth", video_truth_stage), ("upper_bound", upper_bound_stage), ("zero_shot", zero_shot_stage))
 
 
 def run_pipeline(config: PipelineConfig, out: Path, executor: ExecutorConfig | None = None) -> dict:
     """Every stage in order; returns the report dict (also written to ``<out>/report.json``). ``executor``:
     where the per-video stages run (crawl, segment_videos, the decoder's attention cache); default local."""
     run = start_run(config, out, executor or ExecutorConfig())
-    for name, stage in STAGES:
+    for name, stage in STAGES + (REFERENCE_STAGES if config.davis is not None else ()):
         run.records[name] = stage(run)
     report = pipeline_report({name: record["result"] for name, record in run.records.items()})
     write_json(out / "report.json", report)
@@ -268,7 +327,7 @@ def run_pipeline(config: PipelineConfig, out: Path, executor: ExecutorConfig | N
 def pipeline_report(results: dict[str, dict]) -> dict:
     """The report's numbers from each stage's result: Table 1 in miniature and what led to it."""
     cam, evaluated = results["eval_cam"], results["evaluate"]
-    return {
+    report = {
         "encoder_map": results["encoder"]["history"][-1]["map"],
         "cam_recall": cam["cam_recall"],
         "cam_single_scale": cam["single_scale"],
@@ -282,6 +341,12 @@ def pipeline_report(results: dict[str, dict]) -> dict:
         "adaptation_pairs": results["adapt"]["pairs"],
         "adaptation": results["adapt"]["check"],
     }
+    if "zero_shot" in results:  # the real-data world's reference rows and the J of its video masks
+        upper = results["upper_bound"]["evaluate"]
+        report["miou"] |= {"zero_shot": results["zero_shot"]["miou"], "upper_bound": upper["miou"]}
+        report["tables"] |= {"zero_shot": results["zero_shot"]["table"], "upper_bound": upper["table"]}
+        report["video_j"] = results["video_truth"]["j"]
+    return report
 
 
 def write_report_markdown(out: Path, report: dict) -> Path:
@@ -290,7 +355,7 @@ def write_report_markdown(out: Path, report: dict) -> Path:
 
     names = report["tables"]["cam_baseline"]["classes"][1:]
     rows = {}
-    for key in ("cam_baseline", "decoder", "adapted"):
+    for key in report["tables"]:
         table = report["tables"][key]
         rows.update({method: [float("nan") if v is None else v for v in row["per_class"].values()]
                      for method, row in table["rows"].items()})
@@ -318,7 +383,10 @@ def write_report_markdown(out: Path, report: dict) -> Path:
         f"| CAM baseline (threshold the attention) | {100 * miou['cam_baseline']:.1f} |",
         f"| decoder trained on video masks | {100 * miou['decoder']:.1f} |",
         f"| + domain adaptation | {100 * miou['adapted']:.1f} |",
+        *([f"| zero-shot ImageNet CAM (no training) | {100 * miou['zero_shot']:.1f} |",
+           f"| {UPPER_BOUND_ROW} (upper bound) | {100 * miou['upper_bound']:.1f} |"] if "zero_shot" in miou else []),
         "",
+        *video_j_lines(report.get("video_j")),
         f"Domain adaptation, judged on {report['adaptation']['images']} held-out training images (image-level "
         f"labels only): {describe_check(report['adaptation'], Path('adapt'))}.",
         "",
@@ -349,6 +417,17 @@ def write_report_markdown(out: Path, report: dict) -> Path:
     return path
 
 
+def video_j_lines(j: dict | None) -> list[str]:
+    """The J of the video masks against the clips' DAVIS masks, per clip (real-data world only)."""
+    if j is None:
+        return []
+    return ["## Video masks against the DAVIS masks of their clips (§3.2, J)", "",
+            "| clip | class | frames | J |", "|---|---|---|---|",
+            *(f"| {clip} | {row['class']} | {row['frames']} | {row['iou']:.3f} |"
+              for clip, row in j["per_video"].items()),
+            f"| mean | | | {j['mean_iou']:.3f} |", ""]
+
+
 def seeded(config: PipelineConfig, seed: int) -> PipelineConfig:
     """``config`` with every random stream seeded by ``seed``: the world (when generated) and each training."""
     return replace(config, world=replace(config.world, seed=seed), encoder=replace(config.encoder, seed=seed),
@@ -374,13 +453,15 @@ def seeds_summary(reports: dict[int, dict]) -> dict:
     per_seed = {}
     for seed, report in reports.items():
         miou = {key: 100 * value for key, value in report["miou"].items()}
+        if "video_j" in report:
+            miou["video_j"] = report["video_j"]["mean_iou"]
         per_seed[str(seed)] = {**miou, "decoder_margin": miou["decoder"] - miou["cam_baseline"],
                                "adaptation_gain": miou["adapted"] - miou["decoder"],
                                "encoder_map": report["encoder_map"],
                                "cam_recall_one_scale": 100 * report["cam_single_scale"]["cam_recall"],
                                "adaptation_accepted": report["adaptation"]["accepted"]}
     stats = {key: {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
-             for key, _, _ in SEED_ROWS for values in [[row[key] for row in per_seed.values()]]}
+             for key, _, _ in seed_rows(per_seed) for values in [[row[key] for row in per_seed.values()]]}
     order_holds = {seed: row["cam_baseline"] < row["decoder"] <= row["adapted"] for seed, row in per_seed.items()}
     return {"seeds": per_seed, "stats": stats, "order_holds": order_holds}
 
@@ -391,6 +472,16 @@ SEED_ROWS = (("cam_baseline", "CAM baseline", ".1f"), ("decoder", "decoder on vi
              ("adaptation_gain", "adapted - decoder", ".1f"), ("encoder_map", "encoder val mAP", ".3f"),
              ("cam_recall_one_scale", "CAM recall of object pixels, one scale (%)", ".1f"))
 MARGINS = ("decoder_margin", "adaptation_gain")
+# Rows of the real-data world only.
+REFERENCE_SEED_ROWS = (("zero_shot", "zero-shot ImageNet CAM (no training)", ".1f"),
+                       ("upper_bound", f"{UPPER_BOUND_ROW} (upper bound)", ".1f"),
+                       ("video_j", "video masks J (§3.2)", ".3f"))
+
+
+def seed_rows(per_seed: dict[str, dict]) -> tuple[tuple[str, str, str], ...]:
+    """The seeds table's rows: SEED_ROWS, and the reference rows when every seed has them."""
+    reference = all("zero_shot" in row for row in per_seed.values())
+    return SEED_ROWS + (REFERENCE_SEED_ROWS if reference else ())
 
 
 def seeds_markdown(summary: dict) -> str:
@@ -399,7 +490,7 @@ def seeds_markdown(summary: dict) -> str:
     lines = ["# Table 1 in miniature over seeds (val mIoU, points)", "",
              "| row | mean | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|---|---|---|" + "---|" * len(seeds)]
-    for key, name, form in SEED_ROWS:
+    for key, name, form in seed_rows(per_seed):
         cell = ("+" if key in MARGINS else "") + form
         lines.append(f"| {name} | " + " | ".join(f"{stats[key][x]:{form}}" for x in ("mean", "min", "max")) + " | "
                      + " | ".join(f"{per_seed[s][key]:{cell}}" for s in seeds) + " |")
@@ -412,7 +503,16 @@ def seeds_markdown(summary: dict) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     config_file = preset_path(args.preset) if args.preset else args.config
-    config = load_config(PipelineConfig, config_file, data=args.data)
+    config = load_config(PipelineConfig, config_file)
+    if config.davis is not None:  # --data is the DAVIS training folder; paths are fingerprinted resolved
+        given = {"train": args.data, "eval": args.eval_data, "classes_table": args.classes_table}
+        config = replace(config, davis=replace(config.davis, **{key: path.resolve() for key, path in given.items()
+                                                                if path is not None}))
+    elif args.eval_data or args.classes_table:
+        raise InputError(None, "--eval-data and --classes-table belong to a DAVIS world (--preset davis, or a config "
+                         "with a davis: section)")
+    else:
+        config = replace(config, data=args.data or config.data)
     executor = executor_from_args(args, workers=1)  # each per-video stage sets its own workers
     if args.seeds:
         summary = run_seeds(config, args.seeds, args.out, executor)
@@ -454,6 +554,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             group = p.add_mutually_exclusive_group(required=True)
             group.add_argument("--config", type=Path, help="pipeline YAML (see training/presets/)")
             group.add_argument("--preset", choices=PRESETS, help="a shipped preset")
-            p.add_argument("--data", type=Path, default=None, help="VOC-layout image set (else the synthetic world)")
+            p.add_argument("--data", type=Path, default=None, help="VOC-layout image set (else the synthetic "
+                           "world); with --preset davis, the DAVIS-layout folder of the training sequences")
+            p.add_argument("--eval-data", type=Path, default=None, metavar="DIR",
+                           help="--preset davis: DAVIS-layout folder of the evaluation sequences")
+            p.add_argument("--classes-table", type=Path, default=None, metavar="TSV",
+                           help="--preset davis: each sequence's VOC classes (davis2016_classes.tsv's format)")
         add_executor_arguments(p)
-        p.set_defaults(func=run_train, preset=preset, config=None, data=None)
+        p.set_defaults(func=run_train, preset=preset, config=None, data=None, eval_data=None, classes_table=None)

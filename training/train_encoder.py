@@ -41,6 +41,9 @@ class TrainEncoderConfig:
     backbone: str = "vgg16"  # a row of wsvs.training.models.BACKBONES
     output_stride: int = 32  # efficientnet-lite0: 32 (as trained) or 16 (last stage dilated)
     backbone_weights: Path | None = None  # torchvision-format VGG-16 ImageNet weights (width 1 only)
+    # Keep the pretrained trunk as it is (weights and batch-norm statistics) and train the new layer and the
+    # classifier only: fine-tuned on the frames of a few dozen videos, the trunk learns the scenes, not the classes.
+    freeze_backbone: bool = False
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda
@@ -117,12 +120,14 @@ def train_encoder(data: Path, out: Path, config: TrainEncoderConfig, resume: boo
     elif backbone.pretrained is not None:  # a resumed run then loads its own weights over these
         backbone.pretrained(model.encoder.features)
     model.to(device)
-    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=config.lr)
+    model.encoder.features.requires_grad_(not config.freeze_backbone)
+    optimizer = torch.optim.Adam([p for p in model.encoder.parameters() if p.requires_grad], lr=config.lr)
     start_epoch, history = resume_state(out, model, optimizer, config, device) if resume else (0, [])
     loss_fn = nn.BCEWithLogitsLoss()
     encoder = replica.wrap(model.encoder)
     for epoch in range(start_epoch, config.epochs):
         model.encoder.train()
+        model.encoder.features.train(not config.freeze_backbone)
         rng = np.random.default_rng([config.seed, epoch])
         batches = replica.batches(rng.permutation(len(train_set)), config.batch_size)
 
@@ -187,6 +192,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="efficientnet-lite0's output stride: 32 as trained, 16 with the last stage dilated")
     p.add_argument("--backbone-weights", dest="backbone_weights", type=Path, default=None,
                    help="torchvision VGG-16 ImageNet weights file (features.N.* keys; --width 1)")
+    p.add_argument("--freeze-backbone", dest="freeze_backbone", action=argparse.BooleanOptionalAction, default=None,
+                   help="train only the new layer and the classifier on the pretrained trunk's features")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from the last finished epoch in --out")
