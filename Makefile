@@ -25,9 +25,11 @@ test: $(STAMP)
 
 # The tests that train, export or threshold a model, again with PyTorch's AVX2 kernels (oneDNN's too) and on one
 # thread: what an AVX2-only CPU computes, on a machine with AVX-512, and another thread count's float rounding.
-# CI runs it after `make test` (default kernels, every core).
+# CI runs it after `make test` (default kernels, every core). Two one-thread processes share the tests; those on
+# the synthetic world's fixtures stay in one of them (tests/conftest.py), so the world is trained once.
 test-avx2: $(STAMP)
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m model tests
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m model \
+		-n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-enable

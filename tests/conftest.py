@@ -26,8 +26,11 @@ def pytest_report_header() -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if MODEL_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.model)
+        if "world_dir" in fixtures:  # with pytest-xdist (make test-avx2): one process builds and trains the world
+            item.add_marker(pytest.mark.xdist_group("synthetic_world"))
 
 
 @pytest.fixture(scope="session")

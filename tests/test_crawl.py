@@ -526,12 +526,9 @@ def test_killed_crawl_resumes_to_the_same_result(shared_data: Path, tmp_path: Pa
 
 
 @pytest.mark.model
-def test_crawl_of_the_synthetic_world(request, tmp_path: Path) -> None:
+def test_crawl_of_the_synthetic_world(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
     """With the encoder trained on the world: misleading videos are not downloaded, relevant ones kept."""
-    try:
-        world, encoder = request.getfixturevalue("world_dir"), request.getfixturevalue("encoder_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("the world_dir / encoder_dir fixtures are not defined")
+    world, encoder = world_dir, encoder_dir
     from wsvs.runtime.cli import main
     from wsvs.training.cam import FrameAttention
 

@@ -89,6 +89,14 @@ def test_seeds_table_reports_mean_min_max_and_per_seed_margins() -> None:
     assert "| encoder val mAP | 0.930 | 0.910 | 0.950 | 0.950 | 0.910 |" in markdown
     assert "| CAM recall of object pixels, one scale (%) | 65.0 | 60.0 | 70.0 | 60.0 | 70.0 |" in markdown
     assert "| adaptation accepted | | | | yes | no |" in markdown and "holds in 1 of 2 seeds" in markdown
+    assert "zero-shot" not in markdown
+    for seed, report in reports.items():  # the real-data world's reports carry the reference rows and the J
+        report["miou"] |= {"zero_shot": 0.3, "upper_bound": 0.6 + seed / 10}
+        report["video_j"] = {"mean_iou": 0.5}
+    markdown = seeds_markdown(seeds_summary(reports))
+    assert "| decoder on DAVIS masks (upper bound) | 65.0 | 60.0 | 70.0 | 60.0 | 70.0 |" in markdown
+    assert "| zero-shot ImageNet CAM (no training) | 30.0 |" in markdown
+    assert "| video masks J (§3.2) | 0.500 |" in markdown
 
 
 def test_train_and_demo_are_subcommands() -> None:

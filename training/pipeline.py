@@ -44,7 +44,7 @@ from .train_encoder import TrainEncoderConfig
 
 STAGE_FILE = "stage.json"
 PRESETS = ("demo", "demo-confusable", "demo-loose", "paper", "davis")
-OVERLAY_IMAGES = 4  # val images shown in the report
+OVERLAY_IMAGES = 4  # val images shown in the report, spread over the split
 UPPER_BOUND_ROW = "decoder on DAVIS masks"
 
 
@@ -136,7 +136,8 @@ def start_run(config: PipelineConfig, out: Path, executor: ExecutorConfig) -> Pi
     else:
         world_path, data, data_key = None, config.data, str(config.data.resolve())
     val = VOCDataset(data, config.evaluate.split)
-    shown = [data / "JPEGImages" / f"{image_id}.jpg" for image_id in val.ids[:OVERLAY_IMAGES]]
+    spread = val.ids[::max(1, len(val) // OVERLAY_IMAGES)][:OVERLAY_IMAGES]  # real frames: several sequences
+    shown = [data / "JPEGImages" / f"{image_id}.jpg" for image_id in spread]
     return PipelineRun(config, out, data, data_key, world_path, shown, executor)
 
 
