@@ -1,6 +1,7 @@
 """Export parity of a Lite0 model on real frames: `wsvs-export` at fp32, fp16 and int8 (calibrated on training
 frames), then each graph on ONNX Runtime's CPU provider against the fp32 graph on the evaluation frames, at 321 px
 on the longer side: share of pixels with the fp32 label, and mIoU against the DAVIS masks. Markdown on stdout.
+The graphs are exported unverified; `wsvs-export` without --no-verify checks them against PyTorch.
 
 Run: .venv/bin/python benchmarks/lite0_export.py --run runs/real/seed-0 [--model adapt] [--calib-images 64]
 The graphs are written into a copy of the checkpoint folder under --scratch (default /tmp/wsvs-lite0-export).
@@ -39,10 +40,10 @@ def main() -> None:
     train = VOCDataset(data, "train")
     for image_id in train.ids[:: max(1, len(train) // args.calib_images)][: args.calib_images]:
         (calib / f"{image_id}.jpg").symlink_to((data / "JPEGImages" / f"{image_id}.jpg").resolve())
-    for precision in PRECISIONS:
-        code = export_main([str(model), "--precision", precision, "--calib", str(calib),
+    for precision in PRECISIONS:  # unverified (--verify): what is measured here is parity on the real frames
+        code = export_main([str(model), "--precision", precision, "--calib", str(calib), "--no-verify",
                             "--opt-shapes", f"1x3x{LONG_SIDE}x{LONG_SIDE}"])
-        print(f"wsvs-export {precision}: exit {code} (0: verified)")
+        print(f"wsvs-export {precision}: exit {code}")
     val = VOCDataset(data, "val")
     images = [val.image(i) for i in range(len(val))]
     labels = {}

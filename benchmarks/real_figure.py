@@ -23,6 +23,8 @@ COLUMNS = ("frame", "CAM baseline", "decoder (video masks)", "+ adaptation")
 
 def label(image: np.ndarray, text: str) -> np.ndarray:
     out = image.copy()
+    (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    out[:height + 8, :width + 8] = 0
     cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 

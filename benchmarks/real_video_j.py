@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/wsvs-no-attention"), help="masks without attention")
     args = parser.parse_args()
     config = load_config(PipelineConfig, preset_path("davis")).segment_videos
-    segment_videos(args.run / "crawl" / "clips", args.out, config, None, ExecutorConfig(workers=2))
+    segment_videos(args.run / "crawl" / "clips", args.out, config, None, ExecutorConfig())
     truth = args.run / "video_truth"
     with_attention = evaluate_videos(args.run / "segment_videos", truth)["per_video"]
     without = evaluate_videos(args.out, truth)["per_video"]

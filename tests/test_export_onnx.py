@@ -529,3 +529,15 @@ def test_log_sum_exp_pooling_exports_for_every_input_size(tmp_path):
                 logits, _ = model.encoder(torch.from_numpy(images))
             got = verify.onnxruntime_runner(path)(images)[0]
             np.testing.assert_allclose(got, torch.sigmoid(logits).numpy(), atol=1e-5, err_msg=f"{path.name} {shape}")
+
+
+def test_top_k_classes_agree_where_their_scores_tie() -> None:
+    """A trained model scores most absent classes near 1e-9: two of them swapping places in the top-k is no
+    disagreement, a class whose score differs is."""
+    from wsvs.export.verify import DEFAULT_TOLERANCES, class_agreement
+
+    scores = np.array([[0.9, 2e-9, 1e-9, 0.5]], np.float32)
+    reference = np.array([[0, 3, 1]])
+    tolerance = DEFAULT_TOLERANCES["fp32"]
+    assert class_agreement(scores, reference, np.array([[0, 3, 2]]), tolerance) == 1.0
+    assert class_agreement(scores, reference, np.array([[0, 1, 3]]), tolerance) == pytest.approx(1 / 3)
