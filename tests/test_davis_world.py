@@ -13,24 +13,10 @@ from wsvs.runtime.cli import main
 from wsvs.runtime.io import read_json, read_label_png
 from wsvs.runtime.keyframes import cut_clip
 from wsvs.runtime.video_reader import VideoReader
-from wsvs.training.davis_world import DavisWorldConfig, build_davis_world, write_clip_truth
+from wsvs.training.davis_world import DavisWorldConfig, build_davis_world, davis_subset, write_clip_truth
 from wsvs.training.voc import VOCDataset
 
 TRAIN = ("bear", "bmx-bumps", "dog-agility", "flamingo", "mallard-fly")  # bear: no VOC class; bmx-bumps: two
-
-
-def davis_subset(source: Path, names: tuple[str, ...], out: Path) -> Path:
-    """A DAVIS-layout folder holding some sequences of ``source`` (symbolic links)."""
-    for name in names:
-        masks = out / "Annotations" / "480p" / name
-        masks.parent.mkdir(parents=True, exist_ok=True)
-        masks.symlink_to(source / "Annotations" / "480p" / name)
-        for frames in (source / "videos" / f"{name}.mp4", source / "JPEGImages" / "480p" / name):
-            if frames.exists():
-                target = out / frames.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(frames)
-    return out
 
 
 @pytest.fixture(scope="module")

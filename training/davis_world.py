@@ -176,6 +176,21 @@ def build_davis_world(config: DavisWorldConfig, out: Path) -> Path:
     return out
 
 
+def davis_subset(source: Path, names: tuple[str, ...], out: Path) -> Path:
+    """A DAVIS-layout folder at ``out`` holding the sequences ``names`` of ``source`` as symbolic links: a split
+    of one folder's sequences (a tuning split of the training sequences, say) without copying them."""
+    for name in names:
+        masks = out / "Annotations" / "480p" / name
+        masks.parent.mkdir(parents=True, exist_ok=True)
+        masks.symlink_to((source / "Annotations" / "480p" / name).resolve())
+        for frames in (source / "videos" / f"{name}.mp4", source / "JPEGImages" / "480p" / name):
+            if frames.exists():
+                target = out / frames.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(frames.resolve())
+    return out
+
+
 def clip_start_frame(start_s: float, fps: float) -> int:
     """The source frame a crawled clip starts at: the first frame at or after ``start_s`` seconds."""
     return max(0, math.ceil(start_s * fps - 1e-6))
