@@ -150,9 +150,11 @@ def tensorrt_runner(path: Path, graph: str) -> Callable[[np.ndarray], list[np.nd
 def class_agreement(scores: np.ndarray, reference: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> float:
     """Fraction of top-k class slots (N, k) that agree: the same class, or one whose reference score ties the
     reference class's within tolerance (a trained model scores most absent classes ~1e-9: their order is noise)."""
-    rows = np.arange(len(scores))[:, None]
-    expected, other = scores[rows, reference].astype(np.float64), scores[rows, got].astype(np.float64)
-    tied = np.abs(other - expected) <= tolerance.atol + tolerance.rtol * np.abs(expected)
+    rows, last = np.arange(len(scores))[:, None], scores.shape[1] - 1
+    expected = scores[rows, np.clip(reference, 0, last)].astype(np.float64)
+    other = scores[rows, np.clip(got, 0, last)].astype(np.float64)
+    valid = (reference >= 0) & (reference <= last) & (got >= 0) & (got <= last)  # else only equality counts
+    tied = valid & (np.abs(other - expected) <= tolerance.atol + tolerance.rtol * np.abs(expected))
     return float(np.mean((reference == got) | tied))
 
 
