@@ -22,7 +22,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -30,7 +29,6 @@ from PIL import Image
 from wsvs.runtime.config import dump_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import (
-    add_h264_stream,
     atomic_path,
     image_files,
     read_json,
@@ -43,6 +41,7 @@ from wsvs.runtime.preprocess import resize_rgb
 from wsvs.runtime.video_reader import VideoReader
 
 from .davis import DavisSequence, model_classes, per_class_target, read_classes_table, read_davis_folder
+from .demo_world.layouts import encode_h264, write_text
 
 WORLD_FILE = "world.json"
 
@@ -100,20 +99,6 @@ def _labels_xml(image_id: str, classes: tuple[str, ...]) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _encode_video(path: Path, frames: list[np.ndarray], fps: int, gop: int) -> None:
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = add_h264_stream(container, fps, frames[0].shape[1], frames[0].shape[0], crf=18, preset="fast",
-                                 x264_params=f"keyint={gop}:min-keyint={gop}:scenecut=0")
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")))
-        container.mux(stream.encode(None))
-
-
 def build_davis_world(config: DavisWorldConfig, out: Path) -> Path:
     """Write the world into ``out`` (see the module docstring) and return it; a complete world is reused."""
     if config.train is None or config.eval is None or config.classes_table is None:
@@ -128,7 +113,7 @@ def build_davis_world(config: DavisWorldConfig, out: Path) -> Path:
     if not classes:
         raise InputError(config.classes_table, f"no sequence of {config.train} has a VOC class to learn")
     images = out / "images"
-    _write_text(images / "classes.txt", "\n".join(classes) + "\n")
+    write_text(images / "classes.txt", "\n".join(classes) + "\n")
     listing: dict[str, list[dict]] = {name: [] for name in classes}
     train_ids, val_ids = [], []
     for seq in train:
@@ -137,14 +122,15 @@ def build_davis_world(config: DavisWorldConfig, out: Path) -> Path:
             image_id = f"{seq.name}_{t:05d}"
             write_image_rgb(images / "JPEGImages" / f"{image_id}.jpg", frames[t])
             labels = seq.classes.voc_classes if masks[t].any() else ()
-            _write_text(images / "Annotations" / f"{image_id}.xml", _labels_xml(image_id, labels))
+            write_text(images / "Annotations" / f"{image_id}.xml", _labels_xml(image_id, labels))
             train_ids.append(image_id)
         for t, mask in enumerate(masks):
             write_binary_png(out / "davis" / "Annotations" / "480p" / seq.name / f"{t:05d}.png", mask)
         if seq.classes.voc_classes:
             video = out / "web" / "videos" / f"{seq.name}.mp4"
             write_image_rgb(video.with_suffix(".jpg"), frames[len(frames) // 2])
-            _encode_video(video, frames, config.fps, config.gop)
+            with atomic_path(video) as tmp:
+                encode_h264(tmp, np.stack(frames), config.fps, config.gop)
         for name in seq.classes.voc_classes:  # one page per class: clip ids must differ between classes
             listing[name].append({"id": f"{seq.name}-{name}", "sequence": seq.name, "title": f"{seq.name} ({name})",
                                   "video": f"videos/{seq.name}.mp4", "thumbnail": f"videos/{seq.name}.jpg",
@@ -169,7 +155,7 @@ def build_davis_world(config: DavisWorldConfig, out: Path) -> Path:
     if not val_ids:
         raise InputError(config.eval, "no evaluation sequence is single-class with a class of the training sequences")
     for split, ids in (("train", train_ids), ("val", val_ids)):
-        _write_text(images / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
+        write_text(images / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
     write_json(out / "web" / "listing.json", listing)
     write_json(out / WORLD_FILE, {"config": settings, "classes": classes, "train_images": len(train_ids),
                                   "val_images": len(val_ids), "foreground_sequences": foreground})

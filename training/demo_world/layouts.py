@@ -65,10 +65,10 @@ def write_video(config: WorldConfig, plan: VideoPlan, out: Path) -> None:
     mp4 = video_path(out, config, plan)
     write_image_rgb(mp4.with_suffix(".jpg"), sample.thumbnail)
     with atomic_path(mp4) as tmp:
-        _encode_h264(tmp, sample.frames, config.fps, config.gop)
+        encode_h264(tmp, sample.frames, config.fps, config.gop)
 
 
-def _encode_h264(path: Path, frames: np.ndarray, fps: int, gop: int) -> None:
+def encode_h264(path: Path, frames: np.ndarray, fps: int, gop: int) -> None:
     """Reproducible H.264 yuv420p with an I-frame exactly every ``gop`` frames (no scene-cut I-frames)."""
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = add_h264_stream(container, fps, frames.shape[2], frames.shape[1], crf=18, preset="fast",
