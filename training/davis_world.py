@@ -30,7 +30,7 @@ from wsvs.runtime.config import dump_config
 from wsvs.runtime.errors import InputError
 from wsvs.runtime.io import (
     atomic_path,
-    image_files,
+    is_hidden,
     read_json,
     write_binary_png,
     write_image_rgb,
@@ -62,15 +62,13 @@ class DavisWorldConfig:
 
 def sequence_frames(seq: DavisSequence, long_side: int) -> list[np.ndarray]:
     """Every frame of a sequence (JPEG folder or video), RGB, downscaled to ``long_side``."""
-    frames = VideoReader(seq.frames) if seq.frames.is_file() else (
-        np.array(Image.open(p).convert("RGB")) for p in image_files(seq.frames))
-    return [resize_rgb(f, _size(f.shape, long_side)) for f in frames]
+    return [resize_rgb(f, _size(f.shape, long_side)) for f in VideoReader(seq.frames)]
 
 
 def sequence_masks(seq: DavisSequence, shape: tuple[int, int]) -> list[np.ndarray]:
     """Every mask of a sequence as bool (H, W) at ``shape`` (DAVIS masks are 0/255, some stored as L + alpha)."""
     masks = []
-    for path in sorted(p for p in seq.masks.glob("*.png") if not p.name.startswith(".")):
+    for path in sorted(p for p in seq.masks.glob("*.png") if not is_hidden(p)):
         with Image.open(path) as image:
             mask = np.array(image.convert("L")) > 127
         masks.append(cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0)
