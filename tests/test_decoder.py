@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,48 @@ def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir:
     for got, expected in zip(in_worker.attention, pairs.attention, strict=True):
         step = np.spacing(np.maximum(got, expected))
         assert np.all(np.abs(got.astype(np.float32) - expected.astype(np.float32)) <= step)
+
+
+def test_attention_of_another_cache_is_reused_for_the_frames_it_holds(world_dir: Path, encoder_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """The upper bound trains on every frame of the clips; those the decoder was trained on keep its cached
+    attention, the others are computed, and a cache of other settings is not read."""
+    videos = world_dir / "web"
+    relative = sorted(p.relative_to(videos).as_posix() for p in videos.rglob("*.mp4"))[0]
+    class_name, video_id = relative.split("/")[0], Path(relative).stem
+    import av
+
+    with av.open(str(videos / relative)) as container:
+        height, width = container.streams.video[0].height, container.streams.video[0].width
+    mask = np.zeros((height, width), bool)
+    mask[20:60, 30:90] = True
+    config = TrainDecoderConfig()
+    _make_masks(tmp_path / "interval", video_id, relative, class_name, {1: mask, 2: mask})
+    decoder_cache = tmp_path / "decoder_cache"
+    video_pairs(encoder_dir, videos, tmp_path / "interval", decoder_cache, config)
+    # Marked attention where the decoder's cache has frames 1 and 2, so a reuse is told from a recomputation.
+    with np.load(decoder_cache / f"{video_id}.npz") as cached:
+        frames, attention, masks = cached["frames"], cached["attention"], cached["masks"]
+    np.savez(decoder_cache / f"{video_id}.npz", frames=frames, attention=np.full_like(attention, 0.25), masks=masks)
+    _make_masks(tmp_path / "truth", video_id, relative, class_name, {i: mask for i in range(4)})
+
+    fresh, _ = video_pairs(encoder_dir, videos, tmp_path / "truth", tmp_path / "fresh", config)
+    reused, _ = video_pairs(encoder_dir, videos, tmp_path / "truth", tmp_path / "reused", config,
+                            reuse_dir=decoder_cache)
+
+    def assert_same(got: np.ndarray, expected: np.ndarray) -> None:  # up to one float16 step (batch rounding)
+        assert np.all(np.abs(got.astype(np.float32) - expected.astype(np.float32))
+                      <= np.spacing(np.maximum(got, expected)))
+
+    assert [float(a.max()) for a in reused.attention[1:3]] == [0.25, 0.25]
+    assert fresh.attention[1].max() > 0.9  # the encoder's own attention is normalised to a peak of 1
+    for i in (0, 3):
+        assert_same(reused.attention[i], fresh.attention[i])
+    other = tmp_path / "other"
+    shutil.copytree(decoder_cache, other)
+    (other / "cache.json").write_text('{"encoder": "another", "max_side": 480}')
+    ignored, _ = video_pairs(encoder_dir, videos, tmp_path / "truth", tmp_path / "ignored", config, reuse_dir=other)
+    assert_same(ignored.attention[1], fresh.attention[1])
 
 
 def _disc_pairs(count: int, size: int = 32) -> Pairs:

@@ -71,6 +71,28 @@ def test_stages_are_cached_and_rerun_on_change(tmp_path: Path, capsys) -> None:
     assert json.loads((out / "adapt" / "stage.json").read_text())["key"] != first["adapt"]["key"]
 
 
+def test_a_killed_stage_resumes_only_on_the_inputs_it_started_with(tmp_path: Path) -> None:
+    """A stage killed mid-work keeps its partial outputs for a rerun on the same inputs; after its inputs
+    changed (an earlier stage rerun with other settings), the partial outputs of the old inputs are dropped."""
+    from wsvs.training.pipeline import run_stage
+
+    seen: list[list[str]] = []
+
+    def killed(folder: Path) -> dict:
+        seen.append(sorted(p.name for p in folder.glob("*")))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"part-{len(seen)}").write_text("done")
+        raise KeyboardInterrupt
+
+    for inputs in ({"masks": "a"}, {"masks": "a"}, {"masks": "b"}):
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(tmp_path, "adapt", inputs, killed)
+    assert seen == [[], ["part-1"], []]
+    (tmp_path / ".adapt.started.json").unlink()  # a partial folder of unknown inputs
+    record = run_stage(tmp_path, "adapt", {"masks": "b"}, lambda folder: {"files": len(list(folder.glob("*")))})
+    assert record["result"] == {"files": 0}
+
+
 def test_seeds_table_reports_mean_min_max_and_per_seed_margins() -> None:
     from wsvs.training.pipeline import PipelineConfig, seeded, seeds_markdown, seeds_summary
 

@@ -43,6 +43,8 @@ from .train_decoder import TrainDecoderConfig
 from .train_encoder import TrainEncoderConfig
 
 STAGE_FILE = "stage.json"
+# beside a stage's folder while it works, its inputs' fingerprint: a killed stage resumes only on the same inputs
+STARTED_FILE = ".{stage}.started.json"
 PRESETS = ("demo", "demo-confusable", "demo-loose", "paper", "davis")
 OVERLAY_IMAGES = 4  # val images shown in the report, spread over the split
 UPPER_BOUND_ROW = "decoder on DAVIS masks"
@@ -82,7 +84,8 @@ def fingerprint(inputs: dict[str, Any]) -> str:
 def run_stage(out: Path, name: str, inputs: dict[str, Any], work: Callable[[Path], dict[str, Any]]) -> dict:
     """Run ``work(folder)`` unless ``folder/stage.json`` records the same inputs; returns the stage record.
 
-    A stage whose inputs changed starts from an empty folder; one that was killed resumes in place.
+    A stage whose inputs changed starts from an empty folder; one that was killed resumes in place when its
+    inputs are the same as when it started (a partial folder of other inputs, or of unknown ones, is emptied).
     """
     folder = out / name
     key = fingerprint(inputs)
@@ -93,6 +96,10 @@ def run_stage(out: Path, name: str, inputs: dict[str, Any], work: Callable[[Path
             print(f"[{name}] up to date, skipped", flush=True)
             return record
         shutil.rmtree(folder)
+    marker = out / STARTED_FILE.format(stage=name)
+    if folder.is_dir() and not record_path.is_file() and not (marker.is_file() and read_json(marker) == key):
+        shutil.rmtree(folder)
+    write_json(marker, key)
     print(f"[{name}] running", flush=True)
     started = time.perf_counter()
     result = work(folder)
@@ -279,8 +286,9 @@ def upper_bound_stage(run: PipelineRun) -> dict:
     from .train_decoder import train_decoder
 
     def work(folder: Path) -> dict:
+        # the clips' frames the decoder was trained on keep their attention: only the rest is computed
         _, counts = train_decoder(run.out / "encoder", run.out / "crawl" / "clips", run.out / "video_truth", folder,
-                                  run.config.decoder, True, replace(run.executor, workers=1))
+                                  run.config.decoder, True, replace(run.executor, workers=1), run.out / "decoder")
         result = evaluate_model(folder, run.data, run.config.evaluate)
         (row,) = result["table"]["rows"].values()
         result["table"]["rows"] = {UPPER_BOUND_ROW: row}

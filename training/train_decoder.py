@@ -130,9 +130,10 @@ def video_records(masks_dir: Path) -> list[dict[str, Any]]:
 
 
 def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, attention_model, max_side: int,
-                          path: Path) -> None:
+                          path: Path, reuse: Path | None = None) -> None:
     """Attention of the video's class on every masked frame, and those masks, at the downscaled frame size,
-    saved to ``path`` (npz: frames, attention float16, masks bool) atomically."""
+    saved to ``path`` (npz: frames, attention float16, masks bool) atomically. Frames that the cache file
+    ``reuse`` (same encoder and frame size) holds take their attention from it instead of the encoder."""
     import cv2
 
     from wsvs.runtime.video_masks import downscale
@@ -140,11 +141,17 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
 
     class_index = attention_model.class_names.index(record["class"])
     mask_files = {int(p.stem): p for p in (masks_dir / record["id"]).glob("*.png") if not is_hidden(p)}
-    frames, attention, masks, held = [], [], [], []
+    known: dict[int, np.ndarray] = {}
+    if reuse is not None and reuse.is_file():
+        with np.load(reuse) as cached:
+            known = dict(zip(cached["frames"].tolist(), cached["attention"]))
+    frames, attention, masks, held, slots = [], [], [], [], []
 
     def flush() -> None:
-        attention.extend(attention_model.attention(np.stack(held), class_index).astype(np.float16))
+        for slot, computed in zip(slots, attention_model.attention(np.stack(held), class_index)):
+            attention[slot] = computed.astype(np.float16)
         held.clear()
+        slots.clear()
 
     for index, frame in enumerate(VideoReader(source.path)):
         if index not in mask_files:
@@ -153,7 +160,10 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
         mask = read_label_png(mask_files[index]) > 127
         masks.append(cv2.resize(mask.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0)
         frames.append(index)
-        held.append(small)
+        attention.append(known.get(index))
+        if index not in known:
+            slots.append(len(attention) - 1)
+            held.append(small)
         if len(held) == SCORE_BATCH:
             flush()
     if held:
@@ -167,16 +177,19 @@ def cache_video_attention(source, record: dict[str, Any], masks_dir: Path, atten
                  masks=np.stack(masks) if masks else empty.astype(bool))
 
 
-def _cache_in_worker(attention_model: FrameAttention, item: tuple[Any, dict[str, Any], Path], masks_dir: Path,
-                     max_side: int) -> None:
-    source, record, path = item
-    cache_video_attention(source, record, masks_dir, attention_model, max_side, path)
+def _cache_in_worker(attention_model: FrameAttention, item: tuple[Any, dict[str, Any], Path, Path | None],
+                     masks_dir: Path, max_side: int) -> None:
+    source, record, path, reuse = item
+    cache_video_attention(source, record, masks_dir, attention_model, max_side, path, reuse)
 
 
 def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: Path, config: TrainDecoderConfig,
-                executor: ExecutorConfig | None = None) -> tuple[Pairs, dict[str, Any]]:
+                executor: ExecutorConfig | None = None,
+                reuse_dir: Path | None = None) -> tuple[Pairs, dict[str, Any]]:
     """Training pairs from the segmented videos (attention cached in ``cache_dir``, the missing videos'
-    computed through ``executor``: by default in this process) and the counts of frames used and skipped."""
+    computed through ``executor``: by default in this process) and the counts of frames used and skipped.
+    ``reuse_dir``: another cache of the same videos (the decoder's, for the upper bound's masks of the same
+    clips), whose attention is taken where it holds the frame and was computed with the same settings."""
     from wsvs.runtime.progress import progress_bar
     from wsvs.runtime.video_masks import find_videos
 
@@ -197,11 +210,14 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
     for record in records:
         if record["video"] not in sources:
             raise InputError(masks_dir / f"{record['id']}.json", f"video {record['video']} is not in {videos_dir}")
-    missing = [(sources[r["video"]], r, cache_dir / f"{r['id']}.npz") for r in records
-               if not (cache_dir / f"{r['id']}.npz").is_file()]
+    if reuse_dir is not None and not ((reuse_dir / "cache.json").is_file()
+                                      and read_json(reuse_dir / "cache.json") == settings):
+        reuse_dir = None
+    missing = [(sources[r["video"]], r, cache_dir / f"{r['id']}.npz", reuse_dir and reuse_dir / f"{r['id']}.npz")
+               for r in records if not (cache_dir / f"{r['id']}.npz").is_file()]
     if missing:
         class_names = FrameAttention.load(model_dir).class_names
-        for _, record, _ in missing:
+        for _, record, _, _ in missing:
             if record["class"] not in class_names:
                 raise InputError(masks_dir / f"{record['id']}.json", f"class {record['class']!r} is not one of "
                                  f"the model's classes ({', '.join(class_names)})")
@@ -233,13 +249,16 @@ def video_pairs(model_dir: Path, videos_dir: Path, masks_dir: Path, cache_dir: P
 
 
 def train_decoder(model_dir: Path, videos_dir: Path, masks_dir: Path, out: Path, config: TrainDecoderConfig,
-                  resume: bool = False, executor: ExecutorConfig | None = None) -> tuple[Path, dict[str, Any]]:
+                  resume: bool = False, executor: ExecutorConfig | None = None,
+                  reuse_attention: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Train the decoder of the encoder checkpoint ``model_dir`` on the masks of segment-videos; returns the
     new checkpoint folder ``out`` and the frame counts (used, skipped as empty or as full). ``executor``: where
-    the attention of the videos is computed (default: in this process)."""
+    the attention of the videos is computed (default: in this process); ``reuse_attention``: another decoder
+    folder of the same encoder and videos whose cached attention is reused."""
     from .checkpoint import load_checkpoint
 
-    pairs, counts = video_pairs(model_dir, videos_dir, masks_dir, out / CACHE_DIR, config, executor)
+    reuse_dir = None if reuse_attention is None else reuse_attention / CACHE_DIR
+    pairs, counts = video_pairs(model_dir, videos_dir, masks_dir, out / CACHE_DIR, config, executor, reuse_dir)
     model, meta = load_checkpoint(model_dir)
     record = {"encoder": str(model_dir.resolve()), "masks": str(masks_dir.resolve()), "frames": counts}
     return fit_decoder(model, meta, pairs, out, config, record, resume), counts
