@@ -78,14 +78,19 @@ def _make_masks(folder: Path, video_id: str, relative: str, class_name: str, mas
     (folder / f"{video_id}.json").write_text(json.dumps(record))
 
 
-def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
-    videos = world_dir / "web"
-    relative = sorted(p.relative_to(videos).as_posix() for p in videos.rglob("*.mp4"))[0]
-    class_name, video_id = relative.split("/")[0], Path(relative).stem
+def _first_video(world_dir: Path) -> tuple[Path, str, str, str, tuple[int, int]]:
+    """The world's first web video: videos folder, relative path, class, id and frame size."""
     import av
 
+    videos = world_dir / "web"
+    relative = sorted(p.relative_to(videos).as_posix() for p in videos.rglob("*.mp4"))[0]
     with av.open(str(videos / relative)) as container:
-        height, width = container.streams.video[0].height, container.streams.video[0].width
+        size = container.streams.video[0].height, container.streams.video[0].width
+    return videos, relative, relative.split("/")[0], Path(relative).stem, size
+
+
+def test_implausible_masks_are_skipped_and_counted(world_dir: Path, encoder_dir: Path, tmp_path: Path) -> None:
+    videos, relative, class_name, video_id, (height, width) = _first_video(world_dir)
     plausible = np.zeros((height, width), bool)
     plausible[20:60, 30:90] = True
     nearly_full = np.ones((height, width), bool)
@@ -123,13 +128,7 @@ def test_attention_of_another_cache_is_reused_for_the_frames_it_holds(world_dir:
                                                                        tmp_path: Path) -> None:
     """The upper bound trains on every frame of the clips; those the decoder was trained on keep its cached
     attention, the others are computed, and a cache of other settings is not read."""
-    videos = world_dir / "web"
-    relative = sorted(p.relative_to(videos).as_posix() for p in videos.rglob("*.mp4"))[0]
-    class_name, video_id = relative.split("/")[0], Path(relative).stem
-    import av
-
-    with av.open(str(videos / relative)) as container:
-        height, width = container.streams.video[0].height, container.streams.video[0].width
+    videos, relative, class_name, video_id, (height, width) = _first_video(world_dir)
     mask = np.zeros((height, width), bool)
     mask[20:60, 30:90] = True
     config = TrainDecoderConfig()
