@@ -57,7 +57,7 @@ def main() -> None:
             (clips / clip.parent.name / clip.name).symlink_to(clip.resolve())
     masks = args.out / args.name
     segment_videos(clips, masks, config, args.run / "encoder", ExecutorConfig())
-    truth = args.out / f"truth-{args.name}"
+    truth = args.out / f"truth-{args.half}"  # every frame of the half's clips, whatever the variant
     if not truth.is_dir():
         write_clip_truth(args.run / "world", args.run / "crawl", masks, truth)
     per_clip = evaluate_videos(masks, truth)["per_video"]

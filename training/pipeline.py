@@ -97,7 +97,7 @@ def run_stage(out: Path, name: str, inputs: dict[str, Any], work: Callable[[Path
             return record
         shutil.rmtree(folder)
     marker = out / STARTED_FILE.format(stage=name)
-    if folder.is_dir() and not record_path.is_file() and not (marker.is_file() and read_json(marker) == key):
+    if folder.is_dir() and not (marker.is_file() and read_json(marker) == key):  # partial, of other inputs
         shutil.rmtree(folder)
     write_json(marker, key)
     print(f"[{name}] running", flush=True)
