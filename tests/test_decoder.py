@@ -322,12 +322,28 @@ def test_adaptation_trains_the_attention_the_decoder_reads_at_every_scale() -> N
 def test_holdout_split_is_disjoint_seeded_and_keeps_one_of_each() -> None:
     from wsvs.training.adapt import holdout_split
 
-    trained, held = holdout_split(100, 0.15, seed=3)
+    ids = [f"{i:04d}" for i in range(100)]
+    trained, held = holdout_split(ids, 0.15, seed=3)
     assert len(held) == 15 and sorted([*trained, *held]) == list(range(100))
-    assert np.array_equal(held, holdout_split(100, 0.15, seed=3)[1])
-    assert not np.array_equal(held, holdout_split(100, 0.15, seed=4)[1])
-    assert [len(part) for part in holdout_split(2, 0.01, seed=0)] == [1, 1]
-    assert [len(part) for part in holdout_split(3, 0.99, seed=0)] == [1, 2]
+    assert np.array_equal(held, holdout_split(ids, 0.15, seed=3)[1])
+    assert not np.array_equal(held, holdout_split(ids, 0.15, seed=4)[1])
+    assert [len(part) for part in holdout_split(ids[:2], 0.01, seed=0)] == [1, 1]
+    assert [len(part) for part in holdout_split(ids[:3], 0.99, seed=0)] == [1, 2]
+
+
+def test_holdout_by_sequence_keeps_each_sequence_on_one_side() -> None:
+    """Frames of one video are near-duplicates: held out by sequence, none of a held-out sequence's frames is
+    trained on."""
+    from wsvs.training.adapt import holdout_split, image_group
+
+    ids = [f"{seq}_{frame:05d}" for seq, frames in (("bear", 12), ("car-turn", 30), ("flamingo", 8), ("goat", 20))
+           for frame in range(0, 5 * frames, 5)]
+    groups = [image_group(i, by_sequence=True) for i in ids]
+    for seed in range(6):
+        trained, held = holdout_split(groups, 0.15, seed)
+        assert len({groups[k] for k in held}) == 1 and not {groups[k] for k in held} & {groups[k] for k in trained}
+        assert sorted([*trained, *held]) == list(range(len(ids)))
+    assert image_group("car-turn_00040", by_sequence=False) == "car-turn_00040"
 
 
 def test_adaptation_that_degrades_is_reported_and_refused(world_dir: Path, decoder_dir: Path, tmp_path: Path,

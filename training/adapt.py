@@ -17,13 +17,16 @@ scale-1 attention alone, for a fifth more time). Images with several classes tea
 classes that single-class videos never show. The label maps are saved as VOC-palette PNGs in ``<out>/labels/``
 for inspection; ``--resume`` continues the fine-tuning after a kill.
 
-Self-training can go wrong without anyone seeing it: only image-level labels are known, so a share of the
-labelled images (``holdout``) is kept out of the fine-tuning to judge it. The foreground threshold is calibrated
-on those held-out labels, not on the ones trained on (which the network learns to reproduce at any cut), and the
-adapted model must keep the input model's class mAP there and agree with their label maps (mIoU) at least about as
-well as the input model does: fine-tuning on labels must move the model toward the labels of images it did not
-see, not away. When it does not, the adaptation is refused: ``--out`` holds the input model, and its record says
-why; the refused model is kept in ``<out>/refused/`` for inspection (finished work is never thrown away).
+Self-training can go wrong without anyone seeing it: only image-level labels are known, so a share of the labelled
+images (``holdout``) is kept out of the fine-tuning to judge it; where the images are frames of videos
+(``holdout_sequences``), whole sequences are, since a frame held out beside its trained neighbours is a
+near-duplicate of them and cannot show an adaptation that fits the training videos and loses on new ones. The
+foreground threshold is calibrated on those held-out labels, not on the ones trained on (which the network learns to
+reproduce at any cut), and the adapted model must keep the input model's class mAP there and agree with their label
+maps (mIoU) at least about as well as the input model does: fine-tuning on labels must move the model toward the
+labels of images it did not see, not away. When it does not, the adaptation is refused: ``--out`` holds the input
+model, and its record says why; the refused model is kept in ``<out>/refused/`` for inspection (finished work is
+never thrown away).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ class AdaptConfig:
     min_foreground: float = 0.01  # class masks covering less of the image than this are not trained on
     # the graph cut that refines each class's label mask (its attention_threshold is the model's foreground one)
     refinement: VideoSegConfig = field(default_factory=still_image_refinement)
-    holdout: float = 0.15  # share of the labelled images kept out of fine-tuning to judge it
+    holdout: float = 0.15  # share of the labelled images (or sequences) kept out of fine-tuning to judge it
+    holdout_sequences: bool = False  # hold out whole sequences: an image id's part before its last "_" (DAVIS world)
     max_map_drop: float = 0.02  # the adapted model's class mAP on the held-out images may fall this much at most
     # ... and its label maps' agreement (mIoU) with the held-out labels may fall this much at most below the input
     # model's (on a tuning world, fine-tunings whose agreement fell by more lost val mIoU, those within it gained)
@@ -121,13 +125,21 @@ def refine_labels(image: np.ndarray, foreground: np.ndarray, present: np.ndarray
     return np.where(claims.max(axis=0) >= 0, claims.argmax(axis=0) + 1, 0).astype(np.uint8)
 
 
-def holdout_split(count: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions 0..count-1 split at random into (trained on, held out); at least one of each."""
-    if count < 2:
-        raise ValueError(f"need at least 2 labelled images to hold one out, got {count}")
-    order = np.random.default_rng([seed, count]).permutation(count)
-    held = min(max(1, round(share * count)), count - 1)
-    return np.sort(order[held:]), np.sort(order[:held])
+def holdout_split(groups: list[str], share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``groups`` (each image's group: its id, or its sequence) split at random into (trained on,
+    held out), a group wholly on one side; at least one group on each."""
+    names = list(dict.fromkeys(groups))
+    if len(names) < 2:
+        raise ValueError(f"need at least 2 labelled groups to hold one out, got {len(names)}")
+    order = np.random.default_rng([seed, len(names)]).permutation(len(names))
+    count = min(max(1, round(share * len(names))), len(names) - 1)
+    held = np.isin(groups, [names[k] for k in order[:count]])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def image_group(image_id: str, by_sequence: bool) -> str:
+    """The group an image is held out with: its DAVIS-world sequence (``<sequence>_<frame>``) or itself."""
+    return image_id.rsplit("_", 1)[0] if by_sequence else image_id
 
 
 def holdout_check(model, meta, reference, reference_meta, dataset, held_labels: list[np.ndarray],
@@ -224,10 +236,12 @@ def adapt(model_dir: Path, data: Path, out: Path, config: AdaptConfig, resume: b
         raise InputError(model_dir, "has no trained decoder (run train-decoder first)")
     dataset = VOCDataset(data, config.split, class_names=meta.class_names)
     images, counts = label_images(model, meta, dataset, config, out / "labels")
-    if len(images.indices) < 2:
-        raise InputError(data, f"fewer than 2 {config.split} images have a labelled class mask to fine-tune on "
+    groups = [image_group(dataset.ids[i], config.holdout_sequences) for i in images.indices]
+    if len(set(groups)) < 2:
+        unit = "sequences" if config.holdout_sequences else "images"
+        raise InputError(data, f"fewer than 2 {config.split} {unit} have a labelled class mask to fine-tune on "
                          "(one is held out to check the adaptation)")
-    trained, held = holdout_split(len(images.indices), config.holdout, config.seed)
+    trained, held = holdout_split(groups, config.holdout, config.seed)
     counts["held_out_images"] = len(held)
     held_dataset = dataset.subset([images.indices[k] for k in held])
     held_labels = [images.labels[k] for k in held]
