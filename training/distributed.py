@@ -11,6 +11,7 @@ not depend on the number of processes. Only rank 0 evaluates and writes files.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,4 +116,7 @@ def join(device_name: str) -> Replica:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        # Left to the interpreter's teardown, gloo's worker threads can free tensors after Python is gone and
+        # abort the process (SIGABRT) after it finished its work: leave the group while Python is still alive.
+        atexit.register(dist.destroy_process_group)
     return Replica(dist.get_rank(), dist.get_world_size(), device)
