@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -61,6 +62,39 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
+def deconvolutions_as_convolutions(model: onnx.ModelProto) -> None:
+    """Replace each stride-1 ConvTranspose (the decoder's deconvolutions) by the Conv it equals: weights with
+    input and output channels swapped and the kernel flipped, padding ``k - 1 - p``. The result is the same to
+    rounding, and ONNX Runtime's CPU convolution runs it about 3x faster than its transposed convolution (im2col
+    and col2im around a GEMM); for TensorRT a convolution also takes per-channel int8 weights, a deconvolution
+    only per-tensor ones. Other ConvTransposes (strided, grouped, dilated) are left as they are."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    for node in graph.node:
+        if node.op_type != "ConvTranspose" or node.input[1] not in weights or users[node.input[1]] != 1:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(weights[node.input[1]].dims[2:])
+        ones = [1] * len(kernel)
+        if (set(attributes) - {"kernel_shape", "pads", "strides", "dilations", "group"}
+                or attributes.get("strides", ones) != ones or attributes.get("dilations", ones) != ones
+                or attributes.get("group", 1) != 1):
+            continue
+        pads = attributes.get("pads", [0] * 2 * len(kernel))
+        swapped = onnx.numpy_helper.to_array(weights[node.input[1]]).swapaxes(0, 1)
+        flipped = np.ascontiguousarray(np.flip(swapped, axis=tuple(range(2, swapped.ndim))))
+        weights[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(flipped, node.input[1]))
+        conv_pads = [k - 1 - p for k, p in zip(kernel * 2, pads)]
+        node.op_type = "Conv"
+        del node.attribute[:]
+        node.attribute.extend([onnx.helper.make_attribute("kernel_shape", kernel),
+                               onnx.helper.make_attribute("pads", conv_pads)])
+
+
 def export_graph(module: torch.nn.Module, graph: str, path: Path, opset: int, props: dict[str, str]) -> None:
     """Trace one wrapper to ONNX at ``path`` (TorchScript exporter: it needs no onnxscript and keeps
     Resize/MaxPool attributes TensorRT parses), attach metadata and run the full checker."""
@@ -72,6 +106,7 @@ def export_graph(module: torch.nn.Module, graph: str, path: Path, opset: int, pr
                           input_names=[INPUT_NAMES[graph]], output_names=list(OUTPUT_NAMES[graph]),
                           dynamic_axes=dynamic_axes(graph), do_constant_folding=True)
     model = onnx.load(str(path))
+    deconvolutions_as_convolutions(model)
     set_metadata(model, props)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))

@@ -8,9 +8,9 @@
   into one int16 (vpmaddubsw), and with s8 activations shifted to u8 (0..255) a pair reaches 2 * 255 * 127,
   far past 32767 (int8 labels agreed with fp32 on only 52-58% of pixels there); 2 * 255 * 64 = 32640 fits.
   Every such weight is a stored int8 initializer, including the encoder weights the image scales share;
-  biases stay float32. Conv and Gemm weights have one scale per output channel; ConvTranspose (deconvolution)
-  weights one scale per tensor, the only form TensorRT has accepted for deconvolution weights (per-channel
-  deconvolution Q/DQ fails to build: NVIDIA/TensorRT issues 1694 and 2380).
+  biases stay float32. Conv and Gemm weights have one scale per output channel, the decoder's deconvolutions
+  included: the fp32 graph holds them as the convolutions they equal (``deconvolutions_as_convolutions``), so they
+  escape TensorRT's per-tensor-only rule for deconvolution weights (NVIDIA/TensorRT issues 1694 and 2380).
 
 Both run in ONNX Runtime's CPU provider, so they are checked without a GPU.
 """
@@ -28,8 +28,8 @@ from .onnx_export import read_metadata, set_metadata
 # Converted to float16: the convolution trunks of encoder and decoder and the unpooling arithmetic. Everything
 # else stays float32: class scores and their selection (a flipped top-k changes labels), the per-map
 # normalisation and the averages over many values, and the bilinear resizes of images and attention.
-FP16_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "Relu", "MaxPool", "Mul", "Equal"}
-INT8_OPS = ["Conv", "ConvTranspose", "Gemm"]
+FP16_OPS = {"Conv", "BatchNormalization", "Relu", "MaxPool", "Mul", "Equal"}
+INT8_OPS = ["Conv", "Gemm"]
 
 
 def _cast(source: str, target: str, to: int) -> onnx.NodeProto:
@@ -133,9 +133,6 @@ def to_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> None:
     model = _without_weight_identities(onnx.load(str(source)))
     props = read_metadata(model)
     input_name = model.graph.input[0].name
-    # An override without an axis makes ONNX Runtime quantize that weight per tensor, with the settings below.
-    per_tensor = {"quant_type": QuantType.QInt8, "symmetric": True, "reduce_range": True}
-    overrides = {node.input[1]: [per_tensor] for node in model.graph.node if node.op_type == "ConvTranspose"}
     quantize_static(
         model, str(target), _Batches(input_name, calibration),
         quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS, per_channel=True, activation_type=QuantType.QInt8,
@@ -149,7 +146,7 @@ def to_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> None:
         # dequantizes int8 only (an int32 bias DequantizeLinear fails to parse) and fuses float biases itself;
         # ONNX Runtime still runs these convolutions as QLinearConv.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
-                       "QuantizeBias": False, "TensorQuantOverrides": overrides})
+                       "QuantizeBias": False})
     quantized = onnx.load(str(target))
     set_metadata(quantized, {**props, "precision": "int8"})
     onnx.checker.check_model(quantized, full_check=True)

@@ -187,7 +187,7 @@ def max_abs_per_channel(q: np.ndarray, axis: int | None) -> np.ndarray:
 
 
 def assert_int8_cannot_saturate(path: Path) -> int:
-    """Every Conv/ConvTranspose/Gemm weight of the int8 graph at ``path`` comes from a DequantizeLinear of an int8
+    """Every Conv/Gemm weight of the int8 graph at ``path`` comes from a DequantizeLinear of an int8
     initializer whose channels keep |q| <= 64, so no int16 pair sum can saturate whatever the activations are;
     every Q/DQ is int8 with an explicit zero point of 0. Returns the largest |q| found."""
     model = onnx.load(str(path))
@@ -224,21 +224,46 @@ def test_int8_weights_cannot_saturate_16_bit_pair_sums(low_precision_graphs):
     assert largest == 64  # the 7-bit range is used (each channel's largest weight maps to +-64), not shrunk further
 
 
-def test_int8_deconvolution_weights_are_per_tensor(low_precision_graphs):
-    """TensorRT builds deconvolutions only from per-tensor weight Q/DQ (NVIDIA/TensorRT 1694, 2380); convolutions
-    keep one scale per output channel."""
+def test_deconvolutions_become_the_convolutions_they_equal():
+    """A stride-1 ConvTranspose and the Conv that replaces it give the same output in ONNX Runtime, for odd
+    kernels and paddings and unequal channel counts; a strided one is left alone."""
+    import onnxruntime as ort
+
+    generator = np.random.default_rng(0)
+    images = generator.standard_normal((2, 5, 23, 17)).astype(np.float32)
+    for kernel, pads, strides in [(3, 1, 1), (5, 1, 1), (1, 0, 1), (3, 1, 2)]:
+        weights = generator.standard_normal((5, 7, kernel, kernel)).astype(np.float32)
+        bias = generator.standard_normal(7).astype(np.float32)
+        node = onnx.helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[kernel, kernel],
+                                     pads=[pads] * 4, strides=[strides] * 2)
+        graph = onnx.helper.make_graph(
+            [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(images.shape))],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [onnx.numpy_helper.from_array(weights, "w"), onnx.numpy_helper.from_array(bias, "b")])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+        run = [ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+               .run(None, {"x": images})[0]]
+        onnx_export.deconvolutions_as_convolutions(model)
+        run.append(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                   .run(None, {"x": images})[0])
+        assert model.graph.node[0].op_type == ("Conv" if strides == 1 else "ConvTranspose"), (kernel, strides)
+        assert run[0].shape == run[1].shape and np.abs(run[0] - run[1]).max() < 1e-4, (kernel, pads)
+
+
+def test_int8_weights_are_per_channel_deconvolutions_included(low_precision_graphs, fp32_graphs):
+    """The exported graphs hold the decoder's deconvolutions as convolutions, so their int8 weights have one
+    scale per output channel like every convolution (TensorRT takes only per-tensor deconvolution weights)."""
+    for _, path in fp32_graphs.items():
+        assert "ConvTranspose" not in {node.op_type for node in onnx.load(str(path)).graph.node}, path.name
     model = onnx.load(str(low_precision_graphs["int8"]))
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
     producers = {name: node for node in model.graph.node for name in node.output}
-    scales = {"Conv": [], "ConvTranspose": []}  # (scale, the weights' output channels)
-    for node in model.graph.node:
-        if node.op_type in scales:
-            dequantize = producers[node.input[1]]
-            weights = constants[dequantize.input[0]]
-            channels = weights.shape[0 if node.op_type == "Conv" else 1]  # ConvTranspose: (C_in, C_out, ...)
-            scales[node.op_type].append((constants[dequantize.input[1]], channels))
-    assert scales["ConvTranspose"] and all(scale.ndim == 0 for scale, _ in scales["ConvTranspose"])
-    assert scales["Conv"] and all(scale.shape == (channels,) for scale, channels in scales["Conv"])
+    convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert any(node.name.startswith("/decoder/up") for node in convolutions)
+    for node in convolutions:
+        dequantize = producers[node.input[1]]
+        channels = constants[dequantize.input[0]].shape[0]
+        assert constants[dequantize.input[1]].shape == (channels,), node.name
 
 
 def tensorrt_ops() -> set[str]:
@@ -274,7 +299,7 @@ def test_graphs_use_only_tensorrt_ops(fp32_graphs, low_precision_graphs):
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 assert not onnx.numpy_helper.to_array(constants[node.input[2]]).any()
     assert used - supported == set()
-    assert {"Conv", "ConvTranspose", "TopK", "QuantizeLinear", "DequantizeLinear"} <= used  # the graphs were read
+    assert {"Conv", "TopK", "QuantizeLinear", "DequantizeLinear"} <= used  # the graphs were read
 
 
 def test_graph_metadata_and_dynamic_axes(fp32_graphs, loaded):
