@@ -154,6 +154,8 @@ def write_graphs(model, meta, scratch: Path, graphs, top_k: int, calib: Path | N
     profile's opt size."""
     import shutil
 
+    from wsvs.training.models import backbone_of
+
     from . import onnx_export, quantize, verify
 
     fp32 = onnx_export.GraphPaths.beside(scratch / "model.onnx")
@@ -172,7 +174,7 @@ def write_graphs(model, meta, scratch: Path, graphs, top_k: int, calib: Path | N
             batches = [normalise_images(image[None], meta) for image in calibration]
             if graph == "decoder":
                 batches = [verify.decoder_inputs(model, meta, batch) for batch in batches]
-            quantize.to_int8(source, written, batches)
+            quantize.to_int8(source, written, batches, backbone_of(meta.arch).int8_float_nodes)
 
 
 def build_engines(graphs, engines, profile, precision: str, timing_cache: Path | None) -> None:

@@ -8,15 +8,18 @@
   into one int16 (vpmaddubsw), and with s8 activations shifted to u8 (0..255) a pair reaches 2 * 255 * 127,
   far past 32767 (int8 labels agreed with fp32 on only 52-58% of pixels there); 2 * 255 * 64 = 32640 fits.
   Every such weight is a stored int8 initializer, including the encoder weights the image scales share;
-  biases stay float32. Conv and Gemm weights have one scale per output channel, the decoder's deconvolutions
-  included: the fp32 graph holds them as the convolutions they equal (``deconvolutions_as_convolutions``), so they
-  escape TensorRT's per-tensor-only rule for deconvolution weights (NVIDIA/TensorRT issues 1694 and 2380).
+  biases stay float32. A backbone may name layers to leave in float (``int8_float_nodes``: Lite0's early,
+  high-resolution layers, where int8 moved the most labels). Conv and Gemm weights have one scale per output
+  channel, the decoder's deconvolutions included: the fp32 graph holds them as the convolutions they equal
+  (``deconvolutions_as_convolutions``), so they escape TensorRT's per-tensor-only rule for deconvolution
+  weights (NVIDIA/TensorRT issues 1694 and 2380).
 
 Both run in ONNX Runtime's CPU provider, so they are checked without a GPU.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,13 +129,15 @@ def _without_weight_identities(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def to_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> None:
-    """Quantize an fp32 graph to int8 Q/DQ with static calibration on ``calibration`` input batches."""
+def to_int8(source: Path, target: Path, calibration: list[np.ndarray], float_nodes: str | None = None) -> None:
+    """Quantize an fp32 graph to int8 Q/DQ with static calibration on ``calibration`` input batches; nodes whose
+    names match the regex ``float_nodes`` (a backbone's ``int8_float_nodes``) stay float32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = _without_weight_identities(onnx.load(str(source)))
     props = read_metadata(model)
     input_name = model.graph.input[0].name
+    kept_float = [node.name for node in model.graph.node if float_nodes and re.search(float_nodes, node.name)]
     quantize_static(
         model, str(target), _Batches(input_name, calibration),
         quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS, per_channel=True, activation_type=QuantType.QInt8,
@@ -140,7 +145,7 @@ def to_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> None:
         # 7-bit weights (int8 in [-64, 64], still symmetric with zero point 0; activations keep [-127, 127]):
         # without VNNI, x86 kernels shift s8 activations to u8 (0..255) and sum pairs of u8 x s8 products in
         # int16 (vpmaddubsw), so |w| <= 64 keeps a pair within 2 * 255 * 64 = 32640 <= 32767 on any CPU.
-        reduce_range=True,
+        reduce_range=True, nodes_to_exclude=kept_float,
         # Symmetric ranges give zero points of 0 (TensorRT's Q/DQ rule); the dedicated Q/DQ pair per
         # consumer keeps each quantised op's input explicit for TensorRT's fusions. Biases stay float: TensorRT
         # dequantizes int8 only (an int32 bias DequantizeLinear fails to parse) and fuses float biases itself;

@@ -111,3 +111,38 @@ def test_a_frozen_trunk_keeps_its_imagenet_weights_and_statistics(shared_data: P
     adaptation_network(model, (1.0,), frozen_trunk=True).train()
     assert not model.encoder.features.training and model.encoder.extra.training
     assert not any(p.requires_grad for p in model.encoder.features.parameters())
+
+
+@pytest.mark.model
+def test_int8_export_of_lite0_leaves_its_early_layers_in_float(shared_data: Path, tmp_path: Path) -> None:
+    """`wsvs-export --precision int8` reads the backbone's ``int8_float_nodes``: Lite0's stem and blocks 0-3 keep
+    float weights, every other convolution and the classifier take int8 weights from a DequantizeLinear."""
+    import re
+
+    import onnx
+
+    from wsvs.export.cli import main as export_main
+    from wsvs.runtime.contract import ArchConfig, ModelMetadata
+    from wsvs.training.checkpoint import save_checkpoint
+    from wsvs.training.models import BACKBONES, WSVSModel
+
+    torch.manual_seed(0)
+    arch = ArchConfig(num_classes=2, backbone="efficientnet-lite0", output_stride=16, extra_channels=64)
+    lite0 = BACKBONES["efficientnet-lite0"]
+    meta = ModelMetadata(class_names=["bird", "car"], arch=arch, mean=lite0.mean, std=lite0.std, input_size=64,
+                         decoder_trained=True)
+    path = save_checkpoint(tmp_path / "lite0.pt", WSVSModel(arch).eval(), meta)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for frame in ("00000.jpg", "00020.jpg"):
+        (calib / frame).symlink_to(shared_data / "davis2016_dev" / "JPEGImages" / "480p" / "blackswan" / frame)
+    assert export_main([str(path), "--precision", "int8", "--calib", str(calib), "--no-verify",
+                        "--min-shapes", "1x3x32x32", "--opt-shapes", "1x3x64x64", "--max-shapes", "1x3x96x96"]) == 0
+
+    graph = onnx.load(str(tmp_path / "lite0.int8.onnx")).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    weighted = [node for node in graph.node if node.op_type in ("Conv", "Gemm")]
+    in_float = {node.name for node in weighted if node.input[1] not in dequantized}
+    expected = {node.name for node in weighted if re.search(lite0.int8_float_nodes, node.name)}
+    assert expected and in_float == expected, sorted(in_float ^ expected)[:5]
+    assert len(weighted) > 2 * len(expected)
